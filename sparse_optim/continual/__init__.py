@@ -1,0 +1,32 @@
+"""Continual-learning utilities: reservoir replay, accuracy-matrix metrics, MNIST task streams."""
+from sparse_optim.continual.metrics import (
+    AccuracyMatrix,
+    backward_transfer,
+    forward_transfer,
+    retained_accuracy,
+)
+from sparse_optim.continual.replay import ReservoirBuffer
+from sparse_optim.continual.streams import (
+    Task,
+    iterate_stream,
+    iterate_task_batches,
+    mnist_many_permutations,
+    mnist_permutations,
+    mnist_rotations,
+    rotate_images,
+)
+
+__all__ = [
+    "ReservoirBuffer",
+    "AccuracyMatrix",
+    "retained_accuracy",
+    "backward_transfer",
+    "forward_transfer",
+    "Task",
+    "mnist_rotations",
+    "mnist_permutations",
+    "mnist_many_permutations",
+    "iterate_task_batches",
+    "iterate_stream",
+    "rotate_images",
+]

@@ -1,0 +1,138 @@
+"""Pure-PyTorch multi-tensor in-place ops: the executable specification of the kernels.
+
+Every op works on lists of tensors of one parameter group. Homogeneous float lists take
+``torch._foreach_*`` paths; mixed precision (bfloat16 / float16 parameters with float32
+meta-parameters and traces) is computed per tensor in the meta-parameter's precision.
+The math is that of :mod:`sparse_optim.functional.gated`; tests check the two agree.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def _same_dtype(*lists: Sequence[Optional[Tensor]]) -> bool:
+    dtypes = {t.dtype for lst in lists for t in lst if t is not None}
+    devices = {t.device for lst in lists for t in lst if t is not None}
+    return len(dtypes) <= 1 and len(devices) <= 1
+
+
+def sgd_directions(
+    params: List[Tensor],
+    grads: List[Tensor],
+    momentum_buffers: List[Optional[Tensor]],
+    *,
+    weight_decay: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    maximize: bool,
+) -> List[Tensor]:
+    """Directions of :func:`sparse_optim.functional.sgd.sgd_direction`; buffers updated in place.
+
+    ``momentum_buffers`` entries that are None are created (filled in the list). The returned
+    tensors may alias ``grads`` or the buffers: read them, never write them.
+    """
+    dirs: List[Tensor] = list(grads)
+    if maximize:
+        dirs = torch._foreach_neg(dirs)
+    if weight_decay != 0:
+        dirs = torch._foreach_add(dirs, params, alpha=weight_decay)
+    if momentum == 0:
+        return dirs
+    fresh = [i for i, b in enumerate(momentum_buffers) if b is None]
+    old = [i for i, b in enumerate(momentum_buffers) if b is not None]
+    for i in fresh:
+        momentum_buffers[i] = dirs[i].detach().clone()
+    if old:
+        bufs = [momentum_buffers[i] for i in old]
+        torch._foreach_mul_(bufs, momentum)
+        torch._foreach_add_(bufs, [dirs[i] for i in old], alpha=1 - dampening)
+    bufs = [b for b in momentum_buffers]  # all filled now
+    if nesterov:
+        return torch._foreach_add(dirs, bufs, alpha=momentum)
+    return bufs
+
+
+def _gates(metas: List[Tensor], kind: str, dtype_like: List[Tensor]) -> List[Tensor]:
+    if kind == "step":
+        return [m.ge(0).to(t.dtype) for m, t in zip(metas, dtype_like)]
+    return torch._foreach_clamp_min(metas, 0.0)
+
+
+def gated_sgd_step_(
+    params: List[Tensor],
+    grads: List[Tensor],
+    metas: List[Tensor],
+    momentum_buffers: List[Optional[Tensor]],
+    traces: Optional[List[Tensor]],
+    *,
+    kind: str,
+    scale: float,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+    trace_decay: float = 1.0,
+) -> None:
+    """In place: ``p -= scale * gate(m) * d`` and ``trace = trace_decay * trace + d``.
+
+    sparse-MAML Eq. 4 (kind='step', scale=lr); sparse-ReLU-MAML / La-MAML Eq. 7-8
+    (kind='relu', scale=1). ``d`` as in :func:`sgd_directions`.
+    """
+    if not params:
+        return
+    with torch.no_grad():
+        dirs = sgd_directions(
+            params, grads, momentum_buffers, weight_decay=weight_decay, momentum=momentum,
+            dampening=dampening, nesterov=nesterov, maximize=maximize,
+        )
+        if _same_dtype(params, metas, dirs, traces or []):
+            gates = _gates(metas, kind, params)
+            torch._foreach_addcmul_(params, gates, dirs, value=-scale)
+            if traces is not None:
+                if trace_decay != 1.0:
+                    torch._foreach_mul_(traces, trace_decay)
+                torch._foreach_add_(traces, dirs)
+            return
+        for i, (p, d, m) in enumerate(zip(params, dirs, metas)):
+            d32 = d.to(m.dtype)
+            g = m.ge(0).to(m.dtype) if kind == "step" else m.clamp_min(0)
+            p.sub_((scale * g * d32).to(p.dtype))
+            if traces is not None:
+                t = traces[i]
+                if trace_decay != 1.0:
+                    t.mul_(trace_decay)
+                t.add_(d32.to(t.dtype))
+
+
+def meta_grad_accumulate_(
+    meta_grads: List[Tensor],
+    outer_grads: List[Tensor],
+    traces: List[Tensor],
+    metas: List[Tensor],
+    *,
+    kind: str,
+    scale: float,
+    straight_through: bool,
+) -> None:
+    """In place: ``meta_grad += -scale * g_out * trace * gate'(m)`` (gate' = 1 if straight-through).
+
+    The first-order meta-gradient of :func:`sparse_optim.functional.gated.first_order_meta_grad`.
+    """
+    if not meta_grads:
+        return
+    with torch.no_grad():
+        gated = not (kind == "step" or straight_through)
+        if not gated and _same_dtype(meta_grads, outer_grads, traces):
+            torch._foreach_addcmul_(meta_grads, outer_grads, traces, value=-scale)
+            return
+        for mg, g, t, m in zip(meta_grads, outer_grads, traces, metas):
+            prod = g.to(mg.dtype) * t.to(mg.dtype)
+            if gated:
+                prod = prod * (m > 0).to(mg.dtype)
+            mg.add_(prod, alpha=-scale)

@@ -1,0 +1,316 @@
+"""Shared machinery of the meta-optimizers: meta-parameters, episodes, meta-steps, state.
+
+Subclasses provide the update rule (:meth:`MetaOptimizer._update`), how meta-parameters
+are created (:meth:`_create_meta`), the first-order meta-gradient
+(:meth:`_accumulate_meta_grads`) and the theta-update of :meth:`meta_step`.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+from torch.optim import Optimizer
+
+from .._validation import check_grad, check_param, check_rate
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class _Episode:
+    theta: Dict[Tensor, Tensor]
+    stashed_grads: Dict[Tensor, Optional[Tensor]]
+    stashed_momentum: Dict[Tensor, Tensor]
+    outer_grads: Dict[Tensor, Tensor] = field(default_factory=dict)
+    steps: int = 0
+
+
+class MetaOptimizer(Optimizer):
+    """A ``torch.optim.Optimizer`` whose update ``p <- p - u(d; xi)`` has meta-parameters xi.
+
+    Meta-parameters are leaf tensors (``requires_grad=True``) owned by the optimizer; see
+    :meth:`meta_parameters`. First-order meta-learning::
+
+        with opt.episode():                 # snapshot theta, reset traces
+            for k in range(K):
+                opt.zero_grad(); inner_loss().backward(); opt.step()
+            opt.zero_grad(); outer_loss().backward()
+            opt.meta_backward()             # first-order meta-gradients into xi.grad
+        # theta restored; p.grad = first-order gradient for theta, summed over episodes
+        opt.meta_step()                     # SGD on xi (and theta, if update_params)
+    """
+
+    meta_lr_name = "meta_lr"
+    default_update_params = False
+
+    def __init__(self, params: Any, defaults: Dict[str, Any]) -> None:
+        self._meta: Dict[Tensor, Dict[str, Tensor]] = {}
+        self._names: Dict[Tensor, str] = {}
+        self._traces: Dict[Tensor, Any] = {}
+        self._episode: Optional[_Episode] = None
+        self._validate_hparams(defaults)
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------------ hooks
+    def _validate_hparams(self, group: Dict[str, Any]) -> None:
+        for key in ("lr", "weight_decay", "momentum", "dampening", self.meta_lr_name):
+            if key in group:
+                check_rate(key, group[key])
+        if group.get("nesterov") and (group.get("momentum", 0) <= 0 or group.get("dampening", 0) != 0):
+            raise ValueError("nesterov=True requires momentum > 0 and dampening = 0")
+
+    def _create_meta(self, param: Tensor, group: Dict[str, Any]) -> Dict[str, Tensor]:
+        raise NotImplementedError
+
+    def _update(self, group: Dict[str, Any], params: List[Tensor], grads: List[Tensor], record: bool) -> None:
+        raise NotImplementedError
+
+    def _accumulate_meta_grads(self, group: Dict[str, Any], params: List[Tensor], outer_grads: List[Tensor]) -> None:
+        raise NotImplementedError
+
+    def _update_params_with_meta(self, group: Dict[str, Any], params: List[Tensor], grads: List[Tensor]) -> None:
+        raise NotImplementedError
+
+    def _episode_started(self) -> None:
+        """Called on entering an episode (after the snapshot)."""
+
+    def _episode_ended(self) -> None:
+        """Called on leaving an episode (after theta is restored)."""
+
+    # --------------------------------------------------------------- groups
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
+        self._validate_hparams(merged)
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        first = sum(len(g["params"]) for g in self.param_groups[:-1])
+        names = group.get("param_names") or [f"param{first + j}" for j in range(len(group["params"]))]
+        try:
+            for p, name in zip(group["params"], names):
+                check_param(p, name)
+            created = {p: self._create_meta(p, group) for p in group["params"]}
+        except Exception:
+            self.param_groups.pop()
+            raise
+        for p, name in zip(group["params"], names):
+            self._meta[p] = created[p]
+            self._names[p] = name
+
+    # ------------------------------------------------------ meta-parameters
+    def named_meta_parameters(self) -> Iterator[Tuple[str, Tensor]]:
+        """(name, tensor) pairs; names are ``<parameter name>.<kind>``."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                for key, t in self._meta[p].items():
+                    yield f"{self._names[p]}.{key}", t
+
+    def meta_parameters(self) -> List[Tensor]:
+        """Leaf tensors (``requires_grad=True``) to hand to an outer optimizer."""
+        return [t for _, t in self.named_meta_parameters()]
+
+    def zero_meta_grad(self, set_to_none: bool = True) -> None:
+        for t in self.meta_parameters():
+            if t.grad is not None:
+                if set_to_none:
+                    t.grad = None
+                else:
+                    t.grad.zero_()
+
+    # ----------------------------------------------------------------- step
+    def _params_with_grad(self, group: Dict[str, Any]) -> Tuple[List[Tensor], List[Tensor]]:
+        params = [p for p in group["params"] if p.grad is not None]
+        return params, [p.grad for p in params]
+
+    def _check_all_grads(self) -> None:
+        """Validate hyperparameters (schedulers may have changed them) and gradients of every
+        group before anything is modified, so a failing step changes nothing."""
+        for group in self.param_groups:
+            self._validate_hparams(group)
+            for p in group["params"]:
+                check_grad(p, self._names[p])
+
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        """One update of every parameter with a gradient; returns the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._check_all_grads()
+        record = self._episode is not None
+        with torch.no_grad():
+            for group in self.param_groups:
+                params, grads = self._params_with_grad(group)
+                if params:
+                    self._update(group, params, grads, record or group.get("online", False))
+        if self._episode is not None:
+            self._episode.steps += 1
+        return loss
+
+    # -------------------------------------------------------------- episode
+    @property
+    def in_episode(self) -> bool:
+        return self._episode is not None
+
+    @contextmanager
+    def episode(self) -> Iterator["MetaOptimizer"]:
+        """Inner loop of one task: theta and gradients are snapshotted and restored on exit."""
+        if self._episode is not None:
+            raise RuntimeError("nested episodes are not supported: leave the current opt.episode() first")
+        if any(g.get("online", False) for g in self.param_groups):
+            raise RuntimeError("episode() cannot be used with online=True param groups")
+        params = [p for g in self.param_groups for p in g["params"]]
+        ep = _Episode(
+            theta={p: p.detach().clone() for p in params},
+            stashed_grads={p: p.grad for p in params},
+            stashed_momentum={p: self.state[p].pop("momentum_buffer") for p in params
+                              if "momentum_buffer" in self.state.get(p, {})},
+        )
+        for p in params:
+            p.grad = None
+        self._traces = {}
+        self._episode = ep
+        self._episode_started()
+        try:
+            yield self
+        finally:
+            self._episode = None
+            self._traces = {}
+            with torch.no_grad():
+                for p in params:
+                    p.copy_(ep.theta[p])
+                    stashed, outer = ep.stashed_grads[p], ep.outer_grads.get(p)
+                    if outer is None:
+                        p.grad = stashed
+                    else:
+                        p.grad = outer.to(p.dtype) if stashed is None else stashed.add_(outer.to(stashed.dtype))
+                    self.state[p].pop("momentum_buffer", None)
+                    if p in ep.stashed_momentum:
+                        self.state[p]["momentum_buffer"] = ep.stashed_momentum[p]
+            self._episode_ended()
+
+    def meta_backward(self) -> None:
+        """Add first-order meta-gradients (from the current ``p.grad``, the outer gradient) to
+        each meta-parameter's ``.grad``, and record ``p.grad`` as this episode's first-order
+        theta-gradient (sparse-MAML Eq. 9), handed back in ``p.grad`` when the episode ends."""
+        ep = self._episode
+        if ep is None:
+            raise RuntimeError("meta_backward() must be called inside `with opt.episode():` after the inner steps")
+        if ep.steps == 0:
+            raise RuntimeError("meta_backward(): no inner step was taken in this episode, there is no trace")
+        self._check_all_grads()
+        with torch.no_grad():
+            for group in self.param_groups:
+                params, grads = self._params_with_grad(group)
+                traced = [(p, g) for p, g in zip(params, grads) if p in self._traces]
+                if traced:
+                    self._accumulate_meta_grads(group, [p for p, _ in traced], [g for _, g in traced])
+                for p, g in zip(params, grads):
+                    acc = ep.outer_grads.get(p)
+                    ep.outer_grads[p] = g.detach().clone() if acc is None else acc.add_(g)
+
+    def _meta_grad_buffer(self, meta: Tensor) -> Tensor:
+        if meta.grad is None:
+            meta.grad = torch.zeros_like(meta)
+        return meta.grad
+
+    def meta_step(self, update_params: Optional[bool] = None) -> None:
+        """Plain SGD on the meta-parameters with the group's meta learning rate
+        (sparse-MAML Eq. 5, La-MAML Eq. 7 update of alpha), then zero their gradients.
+
+        With ``update_params`` (default: class-specific) the parameters are then updated with
+        the *new* meta-parameters from their ``.grad``: La-MAML Eq. 8 asynchronous update and
+        sparse-La-MAML (supplement Algorithm 1).
+        """
+        if self._episode is not None:
+            raise RuntimeError("meta_step() must be called after the episode has ended")
+        if update_params is None:
+            update_params = self.default_update_params
+        for name, t in self.named_meta_parameters():
+            if t.grad is not None and not torch.isfinite(t.grad).all():
+                raise ValueError(f"meta-gradient of {name} is not finite; nothing was updated")
+        if update_params:
+            self._check_all_grads()
+        with torch.no_grad():
+            for group in self.param_groups:
+                lr = group[self.meta_lr_name]
+                for p in group["params"]:
+                    for t in self._meta[p].values():
+                        if t.grad is not None:
+                            t.add_(t.grad, alpha=-lr)
+                            t.grad = None
+            if update_params:
+                for group in self.param_groups:
+                    params, grads = self._params_with_grad(group)
+                    if params:
+                        self._update_params_with_meta(group, params, grads)
+
+    # ---------------------------------------------------------------- state
+    def _ordered_params(self) -> List[Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def state_dict(self) -> Dict[str, Any]:
+        if self._episode is not None:
+            raise RuntimeError("state_dict() inside an episode is not supported: save between episodes")
+        sd = super().state_dict()
+        sd["meta_state"] = {
+            i: {
+                "meta": {k: t.detach().clone() for k, t in self._meta[p].items()},
+                "trace": _clone_tree(self._traces.get(p)),
+            }
+            for i, p in enumerate(self._ordered_params())
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        if self._episode is not None:
+            raise RuntimeError("load_state_dict() inside an episode is not supported")
+        if not isinstance(state_dict, dict) or "meta_state" not in state_dict:
+            raise ValueError("state_dict has no 'meta_state': it was not produced by a sparse_optim optimizer")
+        state_dict = dict(state_dict)
+        meta_state = state_dict.pop("meta_state")
+        params = self._ordered_params()
+        saved_groups = state_dict.get("param_groups", [])
+        if [len(g["params"]) for g in saved_groups] != [len(g["params"]) for g in self.param_groups]:
+            raise ValueError(
+                "state_dict has a different parameter layout: group sizes "
+                f"{[len(g['params']) for g in saved_groups]} vs {[len(g['params']) for g in self.param_groups]}"
+            )
+        for g in saved_groups:
+            self._validate_hparams(g)
+        if len(meta_state) != len(params):
+            raise ValueError(f"state_dict has meta-parameters for {len(meta_state)} parameters, expected {len(params)}")
+        for i, p in enumerate(params):
+            saved = meta_state[i]["meta"]
+            mine = self._meta[p]
+            if set(saved) != set(mine):
+                raise ValueError(f"meta-parameters of {self._names[p]}: keys {sorted(saved)} != {sorted(mine)}")
+            for k, t in mine.items():
+                if tuple(saved[k].shape) != tuple(t.shape):
+                    raise ValueError(
+                        f"meta-parameter {self._names[p]}.{k} has shape {tuple(saved[k].shape)} in the "
+                        f"state_dict, expected {tuple(t.shape)}"
+                    )
+        super().load_state_dict(state_dict)
+        with torch.no_grad():
+            self._traces = {}
+            for i, p in enumerate(params):
+                for k, t in self._meta[p].items():
+                    t.copy_(meta_state[i]["meta"][k])
+                trace = meta_state[i].get("trace")
+                if trace is not None:
+                    self._traces[p] = _clone_tree(trace, like=p)
+
+
+def _clone_tree(x: Any, like: Optional[Tensor] = None) -> Any:
+    if x is None:
+        return None
+    if isinstance(x, Tensor):
+        y = x.detach().clone()
+        return y if like is None else y.to(device=like.device)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_clone_tree(v, like) for v in x)
+    if isinstance(x, dict):
+        return {k: _clone_tree(v, like) for k, v in x.items()}
+    return x

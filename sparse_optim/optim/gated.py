@@ -1,0 +1,275 @@
+"""The elementwise family: MaskedSGD, RectifiedLRSGD, LookaheadLRSGD.
+
+All three update ``p <- p - scale * gate(xi) * d`` with per-element meta-parameters xi of the
+parameter's shape (see :mod:`sparse_optim.functional.gated` for the math).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from .. import ops
+from .._validation import check_choice, check_fraction, check_rate, meta_dtype
+from ..functional.gates import frozen
+from .base import MetaOptimizer
+
+Tensor = torch.Tensor
+
+
+class _GatedSGD(MetaOptimizer):
+    gate_kind = "step"
+    meta_key = "meta"
+
+    def _scale(self, group: Dict[str, Any]) -> float:
+        return group["lr"] if self.gate_kind == "step" else 1.0
+
+    def _straight_through(self, group: Dict[str, Any]) -> bool:
+        return group.get("straight_through", True)
+
+    def _validate_hparams(self, group: Dict[str, Any]) -> None:
+        super()._validate_hparams(group)
+        if "online_decay" in group:
+            check_fraction("online_decay", group["online_decay"])
+
+    def _metas(self, params: List[Tensor]) -> List[Tensor]:
+        return [self._meta[p][self.meta_key] for p in params]
+
+    def _trace(self, p: Tensor, meta: Tensor) -> Tensor:
+        t = self._traces.get(p)
+        if t is None:
+            t = self._traces[p] = torch.zeros_like(meta)
+        return t
+
+    def _update(self, group, params, grads, record):
+        metas = self._metas(params)
+        kind, scale = self.gate_kind, self._scale(group)
+        online = group.get("online", False) and self._episode is None
+        if online:
+            # hypergradient step: this gradient is the outer gradient of the previous trace
+            traced = [i for i, p in enumerate(params) if p in self._traces]
+            if traced:
+                signed = [(-grads[i] if group["maximize"] else grads[i]) for i in traced]
+                ops.meta_grad_accumulate_(
+                    [metas[i] for i in traced], signed, [self._traces[params[i]] for i in traced],
+                    [metas[i] for i in traced], kind=kind, scale=-group[self.meta_lr_name] * scale,
+                    straight_through=self._straight_through(group),
+                )
+        buffers = [self.state[p].get("momentum_buffer") for p in params] if group["momentum"] else [None] * len(params)
+        traces = [self._trace(p, m) for p, m in zip(params, metas)] if record else None
+        ops.gated_sgd_step_(
+            params, grads, metas, buffers, traces, kind=kind, scale=scale,
+            weight_decay=group["weight_decay"], momentum=group["momentum"], dampening=group["dampening"],
+            nesterov=group["nesterov"], maximize=group["maximize"],
+            trace_decay=group.get("online_decay", 0.0) if online else 1.0,
+        )
+        if group["momentum"]:
+            for p, b in zip(params, buffers):
+                self.state[p]["momentum_buffer"] = b
+
+    def _accumulate_meta_grads(self, group, params, outer_grads):
+        metas = self._metas(params)
+        ops.meta_grad_accumulate_(
+            [self._meta_grad_buffer(m) for m in metas], outer_grads, [self._traces[p] for p in params], metas,
+            kind=self.gate_kind, scale=self._scale(group), straight_through=self._straight_through(group),
+        )
+
+    def _update_params_with_meta(self, group, params, grads):
+        ops.gated_sgd_step_(
+            params, grads, self._metas(params), [None] * len(params), None,
+            kind=self.gate_kind, scale=self._scale(group),
+            weight_decay=0.0, momentum=0.0, dampening=0.0, nesterov=False, maximize=group["maximize"],
+        )
+
+    def sparsity(self) -> Dict[str, Any]:
+        """Fraction of frozen coordinates (gate = 0): ``{'overall': f, 'per_parameter': {name: f}}``.
+
+        sparse-MAML Sec. 3: ``||1[m < 0]||^2 / dim(m)``; for rates, the fraction with rate <= 0.
+        """
+        per, frozen_total, total = {}, 0, 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                m = self._meta[p][self.meta_key]
+                n = int(frozen(m.detach(), self.gate_kind).sum())
+                per[self._names[p]] = n / max(m.numel(), 1)
+                frozen_total += n
+                total += m.numel()
+        return {"overall": frozen_total / max(total, 1), "per_parameter": per}
+
+
+def _fan_in(p: Tensor) -> int:
+    if p.dim() < 2:
+        return max(p.numel(), 1)
+    return p.shape[1] * math.prod(p.shape[2:])
+
+
+class MaskedSGD(_GatedSGD):
+    r"""sparse-MAML: SGD through learned binary gradient masks.
+
+    Update (sparse-MAML Eq. 4): ``p <- p - lr * 1[m >= 0] * d`` with mask logits ``m`` of the
+    parameter's shape and ``d`` the SGD direction (gradient, weight decay, momentum).
+    First-order straight-through meta-gradient (Eq. 5 / supplement Eq. 10):
+    ``dL/dm = -lr * g_out * sum_k d_k``; ``meta_step`` is ``m <- m - mask_lr * dL/dm``.
+
+    Args:
+        params: iterable of parameters, (name, parameter) pairs, or param-group dicts.
+        lr: inner learning rate alpha (default 0.1, supplement B.1.1).
+        mask_lr: meta learning rate gamma_m of :meth:`meta_step` (default 0.0075, Table S2).
+        init_sparsity: initial fraction of frozen coordinates for ``mask_init='kaiming'``.
+        mask_init: ``'kaiming'`` (Kaiming-uniform logits shifted so that a fraction
+            ``init_sparsity`` is negative, supplement B.1.1) or ``'constant'``.
+        mask_init_value: logits value for ``mask_init='constant'``.
+        momentum, dampening, nesterov, weight_decay, maximize: as in ``torch.optim.SGD``; the
+            mask multiplies the final direction.
+        online: adapt masks inside an ordinary training loop: each step's gradient is the outer
+            gradient of the previous steps' trace (hypergradient-descent style).
+        online_decay: trace decay in online mode (0: previous step only).
+    """
+
+    gate_kind = "step"
+    meta_key = "mask_logits"
+    meta_lr_name = "mask_lr"
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 0.1,
+        mask_lr: float = 0.0075,
+        init_sparsity: float = 0.5,
+        mask_init: str = "kaiming",
+        mask_init_value: float = 0.0,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+        online: bool = False,
+        online_decay: float = 0.0,
+    ) -> None:
+        check_fraction("init_sparsity", init_sparsity)
+        check_choice("mask_init", mask_init, ("kaiming", "constant"))
+        if not math.isfinite(mask_init_value):
+            raise ValueError(f"mask_init_value must be finite, got {mask_init_value}")
+        defaults = dict(lr=lr, mask_lr=mask_lr, init_sparsity=init_sparsity, mask_init=mask_init,
+                        mask_init_value=mask_init_value, momentum=momentum, dampening=dampening,
+                        nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
+                        online=online, online_decay=online_decay)
+        super().__init__(params, defaults)
+
+    def _validate_hparams(self, group):
+        super()._validate_hparams(group)
+        if "init_sparsity" in group:
+            check_fraction("init_sparsity", group["init_sparsity"])
+
+    def _create_meta(self, param, group):
+        dtype = meta_dtype(param)
+        if group["mask_init"] == "constant":
+            m = torch.full(param.shape, float(group["mask_init_value"]), dtype=dtype, device=param.device)
+        else:
+            bound = 1.0 / math.sqrt(_fan_in(param))
+            u = torch.empty(param.shape, dtype=dtype, device=param.device).uniform_(-bound, bound)
+            # P(u - s < 0) = (s + bound) / (2 bound) = init_sparsity
+            m = u - bound * (2 * group["init_sparsity"] - 1)
+        return {self.meta_key: m.requires_grad_(True)}
+
+
+class RectifiedLRSGD(_GatedSGD):
+    r"""sparse-ReLU-MAML: per-element learning rates ``relu(m)``.
+
+    Update (sparse-MAML Sec. 3.3, Eq. 4 with 1[m >= 0] replaced by (m)_+):
+    ``p <- p - relu(m) * d``; straight-through first-order meta-gradient (Eq. 5):
+    ``dL/dm = -g_out * sum_k d_k`` so rates can recover from zero.
+
+    Args:
+        lr: initial rate value (default 0.1, Table S2); rates start at ``lr`` (sparsity 0%).
+        rate_lr: meta learning rate of :meth:`meta_step` (default 0.0075, Table S2).
+        rate_init: ``'constant'`` (all rates = lr) or ``'uniform'`` in ``rate_init_range``
+            (C-MAML setting [0.005, 0.1]).
+        straight_through: identity derivative of the rectifier (default True).
+        Others as :class:`MaskedSGD`.
+    """
+
+    gate_kind = "relu"
+    meta_key = "rates"
+    meta_lr_name = "rate_lr"
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 0.1,
+        rate_lr: float = 0.0075,
+        rate_init: str = "constant",
+        rate_init_range: Tuple[float, float] = (0.005, 0.1),
+        straight_through: bool = True,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+        online: bool = False,
+        online_decay: float = 0.0,
+    ) -> None:
+        defaults = dict(lr=lr, rate_lr=rate_lr, rate_init=rate_init, rate_init_range=tuple(rate_init_range),
+                        straight_through=straight_through, momentum=momentum, dampening=dampening,
+                        nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
+                        online=online, online_decay=online_decay)
+        super().__init__(params, defaults)
+
+    def _validate_hparams(self, group):
+        super()._validate_hparams(group)
+        if "rate_init" in group:
+            check_choice("rate_init", group["rate_init"], ("constant", "uniform"))
+        if "rate_init_range" in group:
+            lo, hi = group["rate_init_range"]
+            check_rate("rate_init_range[0]", lo)
+            check_rate("rate_init_range[1]", hi)
+            if lo > hi:
+                raise ValueError(f"rate_init_range must be (low, high) with low <= high, got {(lo, hi)}")
+
+    def _create_meta(self, param, group):
+        dtype = meta_dtype(param)
+        if group["rate_init"] == "uniform":
+            lo, hi = group["rate_init_range"]
+            m = torch.empty(param.shape, dtype=dtype, device=param.device).uniform_(lo, hi)
+        else:
+            m = torch.full(param.shape, float(group["lr"]), dtype=dtype, device=param.device)
+        return {self.meta_key: m.requires_grad_(True)}
+
+
+class LookaheadLRSGD(RectifiedLRSGD):
+    r"""La-MAML: per-element learning rates alpha with the asynchronous meta-update.
+
+    Inner update (La-MAML Eq. 7 / Algorithm 1): ``p <- p - max(0, alpha) * d``.
+    First-order rate gradient (Eq. 7): ``g(alpha) = -g_meta * sum_k g_k`` times
+    ``1[alpha > 0]`` (official La-MAML; rates that reach 0 stay dead) or 1
+    (``straight_through=True``, as sparse-MAML suggests).
+    :meth:`meta_step` is the asynchronous meta-update of Eq. 8: first
+    ``alpha <- alpha - rate_lr * g(alpha)``, then ``theta <- theta - max(0, alpha_new) * grad``
+    (``update_params=True`` by default).
+
+    Args:
+        lr: initial rate alpha_0 (default 0.15, sparse-MAML Table S6, MNIST rotations).
+        rate_lr: eta, the rates' learning rate (default 0.3, Table S6).
+        straight_through: default False (official La-MAML).
+    """
+
+    default_update_params = True
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 0.15,
+        rate_lr: float = 0.3,
+        rate_init: str = "constant",
+        rate_init_range: Tuple[float, float] = (0.005, 0.1),
+        straight_through: bool = False,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(params, lr=lr, rate_lr=rate_lr, rate_init=rate_init, rate_init_range=rate_init_range,
+                         straight_through=straight_through, momentum=momentum, dampening=dampening,
+                         nesterov=nesterov, weight_decay=weight_decay, maximize=maximize)
