@@ -1,0 +1,26 @@
+"""Datasets: few-shot episode sampling and loaders (Omniglot, CIFAR-FS,
+miniImageNet, offline MNIST / synthetic)."""
+
+# --- few-shot (episode sampler + loaders) ---
+from .fewshot import Episode, FewShotSampler, FewShotSplits, augment_with_rotations, split_classes, uint8_to_float
+from .omniglot import load_omniglot
+from .cifar_fs import CIFAR_FS_TEST_CLASSES, CIFAR_FS_TRAIN_CLASSES, CIFAR_FS_VAL_CLASSES, load_cifar_fs
+from .mini_imagenet import load_mini_imagenet
+from .offline import load_mnist_fewshot_offline, synthetic_fewshot
+
+__all__ = [
+    "Episode",
+    "FewShotSampler",
+    "FewShotSplits",
+    "augment_with_rotations",
+    "split_classes",
+    "uint8_to_float",
+    "load_omniglot",
+    "load_cifar_fs",
+    "CIFAR_FS_TRAIN_CLASSES",
+    "CIFAR_FS_VAL_CLASSES",
+    "CIFAR_FS_TEST_CLASSES",
+    "load_mini_imagenet",
+    "load_mnist_fewshot_offline",
+    "synthetic_fewshot",
+]

@@ -1,0 +1,180 @@
+"""KroneckerSGD: Kronecker-factored meta-optimizers (KFO) as a torch.optim.Optimizer."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from .._validation import check_choice, check_rate, meta_dtype
+from ..functional.kronecker import VARIANTS, init_factors, kronecker_transform
+from ..ops.reference import sgd_directions
+from .base import MetaOptimizer
+
+Tensor = torch.Tensor
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class KroneckerSGD(MetaOptimizer):
+    r"""KFO meta-optimizer: ``p <- p - lr * U_xi(d)`` with one learned U per parameter.
+
+    ``U`` is KLin (KFO Eq. 2/5, ``variant='kronecker', depth=1``), KFC (Eq. 6-7, ``depth>=2``,
+    ReLU between Kronecker layers) or the low-rank Cholesky form (appendix A.2.3, Eq. 8,
+    ``variant='cholesky'``, rank ``rank``); optional gradient normalisation with a learnable
+    scale (appendix A.1.2, ``normalize=True``) and bias (KFO uses none). Kronecker factors
+    start at the identity, so the first step is plain SGD. Matrix views of parameters are
+    described in :mod:`sparse_optim.functional.kronecker`.
+
+    First-order meta-gradient: with inner directions held constant,
+    ``dL/dxi = -lr * sum_k J_xi U_xi(d_k)^T g_out`` (computed by autograd from the recorded
+    directions, O(K * #params) memory). ``adapt_factors=True`` also adapts the factors in the
+    inner loop (KFO Eq. 4): before step t+1 the factors take a hypergradient step
+    ``xi <- xi - factor_inner_lr * dL(theta_{t+1})/dxi``; inside an episode the adapted factors
+    are fast copies (the meta-parameters are the initial ones) and the first-order
+    meta-gradient treats ``d xi_k / d xi_0`` as the identity.
+
+    Args:
+        lr: fast-adaptation learning rate (default 0.5, KFO A.1.2).
+        factor_lr: meta learning rate of :meth:`meta_step` (default 0.003, KFO A.1.2).
+        variant: ``'kronecker'`` or ``'cholesky'``.  depth: number of linear layers.
+        rank: Cholesky rank r.  bias: learn a bias b.  normalize: A.1.2 normalisation.
+        init_gain: Glorot gain for Cholesky factors.
+        adapt_factors, factor_inner_lr: KFO Eq. 4 (``factor_inner_lr`` defaults to ``factor_lr``).
+        momentum, dampening, nesterov, weight_decay, maximize: as ``torch.optim.SGD``.
+    """
+
+    meta_lr_name = "factor_lr"
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 0.5,
+        factor_lr: float = 0.003,
+        variant: str = "kronecker",
+        depth: int = 1,
+        rank: int = 1,
+        bias: bool = False,
+        normalize: bool = False,
+        init_gain: float = 1.0,
+        adapt_factors: bool = False,
+        factor_inner_lr: Optional[float] = None,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+    ) -> None:
+        defaults = dict(lr=lr, factor_lr=factor_lr, variant=variant, depth=depth, rank=rank, bias=bias,
+                        normalize=normalize, init_gain=init_gain, adapt_factors=adapt_factors,
+                        factor_inner_lr=factor_lr if factor_inner_lr is None else factor_inner_lr,
+                        momentum=momentum, dampening=dampening, nesterov=nesterov,
+                        weight_decay=weight_decay, maximize=maximize)
+        self._fast: Dict[Tensor, Dict[str, Tensor]] = {}
+        super().__init__(params, defaults)
+
+    def _validate_hparams(self, group):
+        super()._validate_hparams(group)
+        if "variant" in group:
+            check_choice("variant", group["variant"], VARIANTS)
+        for key in ("depth", "rank"):
+            if key in group:
+                _positive_int(key, group[key])
+        for key in ("factor_inner_lr", "init_gain"):
+            if key in group:
+                check_rate(key, group[key])
+
+    def _create_meta(self, param, group):
+        factors = init_factors(
+            param.shape, variant=group["variant"], depth=group["depth"], rank=group["rank"], bias=group["bias"],
+            normalize=group["normalize"], init_gain=group["init_gain"], dtype=meta_dtype(param), device=param.device,
+        )
+        return {k: v.requires_grad_(True) for k, v in factors.items()}
+
+    def _transform(self, group, direction: Tensor, factors: Dict[str, Tensor]) -> Tensor:
+        return kronecker_transform(direction, factors, variant=group["variant"], depth=group["depth"])
+
+    # factors in use: fast copies inside an adapting episode, else the meta-parameters
+    def _factors(self, p: Tensor, group) -> Dict[str, Tensor]:
+        if self._episode is not None and group["adapt_factors"]:
+            if p not in self._fast:
+                self._fast[p] = {k: v.detach().clone() for k, v in self._meta[p].items()}
+            return self._fast[p]
+        return self._meta[p]
+
+    def _adapt(self, group, p: Tensor, grad: Tensor) -> None:
+        """KFO Eq. 4: hypergradient step on the factors from the previous direction."""
+        previous = self._traces.get(p)
+        if not previous:
+            return
+        direction, used = previous[-1]
+        factors = self._factors(p, group) if used is None else used
+        signed = -grad if group["maximize"] else grad
+        with torch.enable_grad():
+            leaves = {k: v.detach().requires_grad_(True) for k, v in factors.items()}
+            u = self._transform(group, direction, leaves)
+            surrogate = -group["lr"] * (u * signed.to(u.dtype)).sum()
+            hyper = torch.autograd.grad(surrogate, list(leaves.values()), allow_unused=True)
+        new = {k: (v.detach() if h is None else v.detach() - group["factor_inner_lr"] * h)
+               for (k, v), h in zip(factors.items(), hyper)}
+        if self._episode is not None:
+            self._fast[p] = new
+        else:
+            for k, v in self._meta[p].items():
+                v.copy_(new[k])
+
+    def _update(self, group, params, grads, record):
+        buffers = [self.state[p].get("momentum_buffer") for p in params] if group["momentum"] else [None] * len(params)
+        dirs = sgd_directions(params, grads, buffers, weight_decay=group["weight_decay"], momentum=group["momentum"],
+                              dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"])
+        if group["momentum"]:
+            for p, b in zip(params, buffers):
+                self.state[p]["momentum_buffer"] = b
+        adapt = group["adapt_factors"]
+        for p, g, d in zip(params, grads, dirs):
+            if adapt:
+                self._adapt(group, p, g)
+            factors = self._factors(p, group)
+            p.sub_((group["lr"] * self._transform(group, d, factors)).to(p.dtype))
+            if record or adapt:
+                entry = (d.detach().clone(), factors if (self._episode is not None and adapt) else None)
+                if self._episode is not None:
+                    self._traces.setdefault(p, []).append(entry)
+                else:
+                    self._traces[p] = [entry]
+
+    def _accumulate_meta_grads(self, group, params, outer_grads):
+        for p, g in zip(params, outer_grads):
+            meta = self._meta[p]
+            with torch.enable_grad():
+                leaves: Dict[int, Dict[str, Tensor]] = {}
+                total = 0.0
+                for direction, used in self._traces[p]:
+                    key = id(used)
+                    if key not in leaves:
+                        source = meta if used is None else used
+                        leaves[key] = {k: v.detach().requires_grad_(True) for k, v in source.items()}
+                    u = self._transform(group, direction, leaves[key])
+                    total = total + (u * g.to(u.dtype)).sum()
+                flat = [t for d in leaves.values() for t in d.values()]
+                grads = torch.autograd.grad(-group["lr"] * total, flat, allow_unused=True)
+            i = 0
+            for d in leaves.values():
+                for k in d:
+                    if grads[i] is not None:
+                        self._meta_grad_buffer(meta[k]).add_(grads[i])
+                    i += 1
+
+    def _update_params_with_meta(self, group, params, grads):
+        for p, g in zip(params, grads):
+            d = -g if group["maximize"] else g
+            p.sub_((group["lr"] * self._transform(group, d, self._meta[p])).to(p.dtype))
+
+    def _episode_started(self) -> None:
+        self._fast = {}
+
+    def _episode_ended(self) -> None:
+        self._fast = {}
