@@ -204,7 +204,7 @@ class ReservoirBuffer:
         if self._storage is None or self._size == 0:
             raise RuntimeError("cannot sample from an empty ReservoirBuffer")
         k = min(batch_size, self._size)
-        idx = torch.randint(0, self._size, (k,), generator=self._generator)
+        idx = torch.randperm(self._size, generator=self._generator)[:k]
         return tuple(s[idx.to(s.device)] for s in self._storage)
 
     # ----------------------------------------------------------------- state

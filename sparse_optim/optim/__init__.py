@@ -1,5 +1,5 @@
 from .base import MetaOptimizer
-from .gated import LookaheadLRSGD, MaskedSGD, RectifiedLRSGD
+from .gated import LookaheadLRSGD, MaskedSGD, RectifiedLRSGD, StochasticMaskedSGD
 from .kronecker import KroneckerSGD
 
-__all__ = ["MetaOptimizer", "MaskedSGD", "RectifiedLRSGD", "LookaheadLRSGD", "KroneckerSGD"]
+__all__ = ["MetaOptimizer", "MaskedSGD", "RectifiedLRSGD", "LookaheadLRSGD", "KroneckerSGD", "StochasticMaskedSGD"]

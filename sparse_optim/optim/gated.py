@@ -33,8 +33,18 @@ class _GatedSGD(MetaOptimizer):
         if "online_decay" in group:
             check_fraction("online_decay", group["online_decay"])
 
+    def _logits(self, p: Tensor) -> Tensor:
+        """The meta-parameter tensor the gate reads for parameter ``p``."""
+        return self._meta[p][self.meta_key]
+
     def _metas(self, params: List[Tensor]) -> List[Tensor]:
-        return [self._meta[p][self.meta_key] for p in params]
+        return [self._logits(p) for p in params]
+
+    def _logit_grad_buffer(self, p: Tensor) -> Tensor:
+        return self._meta_grad_buffer(self._logits(p))
+
+    def _logit_grads_done(self, params: List[Tensor], buffers: List[Tensor]) -> None:
+        """Hook for meta-parameters that generate the logits (sparse-MAML+)."""
 
     def _trace(self, p: Tensor, meta: Tensor) -> Tensor:
         t = self._traces.get(p)
@@ -70,10 +80,12 @@ class _GatedSGD(MetaOptimizer):
 
     def _accumulate_meta_grads(self, group, params, outer_grads):
         metas = self._metas(params)
+        buffers = [self._logit_grad_buffer(p) for p in params]
         ops.meta_grad_accumulate_(
-            [self._meta_grad_buffer(m) for m in metas], outer_grads, [self._traces[p] for p in params], metas,
+            buffers, outer_grads, [self._traces[p] for p in params], metas,
             kind=self.gate_kind, scale=self._scale(group), straight_through=self._straight_through(group),
         )
+        self._logit_grads_done(params, buffers)
 
     def _update_params_with_meta(self, group, params, grads):
         ops.gated_sgd_step_(
@@ -90,7 +102,7 @@ class _GatedSGD(MetaOptimizer):
         per, frozen_total, total = {}, 0, 0
         for group in self.param_groups:
             for p in group["params"]:
-                m = self._meta[p][self.meta_key]
+                m = self._logits(p)
                 n = int(frozen(m.detach(), self.gate_kind).sum())
                 per[self._names[p]] = n / max(m.numel(), 1)
                 frozen_total += n
@@ -273,3 +285,117 @@ class LookaheadLRSGD(RectifiedLRSGD):
         super().__init__(params, lr=lr, rate_lr=rate_lr, rate_init=rate_init, rate_init_range=rate_init_range,
                          straight_through=straight_through, momentum=momentum, dampening=dampening,
                          nesterov=nesterov, weight_decay=weight_decay, maximize=maximize)
+
+
+class StochasticMaskedSGD(MaskedSGD):
+    r"""sparse-MAML+: mask logits generated from low-dimensional Gaussian noise.
+
+    For the selected parameters (convolution weights by default, supplement B.1.1) the logits
+    are ``m = A (z * sigma + mu) + b`` (supplement Eq. 11) with ``z ~ N(0, I_E)`` drawn once per
+    episode (every step outside episodes), ``A`` of shape (numel, E), ``b`` of the parameter's
+    shape, ``mu, sigma`` of size E. Other parameters use plain :class:`MaskedSGD` logits.
+    ``A, b, mu, sigma`` learn by the first-order straight-through update: the logit gradient
+    of :class:`MaskedSGD` back-propagated through Eq. 11.
+
+    Initialisation (not specified by the paper): ``b`` as MaskedSGD logits, ``mu = 0``,
+    ``sigma = 1``, ``A ~ N(0, noise_scale^2 / E)`` so that ``A z`` has std ``noise_scale``
+    (default: the Kaiming bound 1/sqrt(fan_in) of the logits). Memory: numel x E floats per
+    selected parameter (E = 1600 in the paper: about 236 MB for a 64x64x3x3 convolution).
+
+    Args:
+        noise_dim: E (default 1600, supplement B.1.1).
+        noise_scale: std of ``A z`` at initialisation (None: Kaiming bound of the parameter).
+        stochastic: predicate ``(name, param) -> bool`` choosing the parameters with generated
+            logits (default: 4-D tensors, i.e. convolution weights).
+        Others as :class:`MaskedSGD` (``online`` is not supported).
+    """
+
+    def __init__(self, params: Any, lr: float = 0.1, mask_lr: float = 0.0075, init_sparsity: float = 0.5,
+                 noise_dim: int = 1600, noise_scale: Optional[float] = None, stochastic=None,
+                 momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0, maximize: bool = False) -> None:
+        if isinstance(noise_dim, bool) or not isinstance(noise_dim, int) or noise_dim < 1:
+            raise ValueError(f"noise_dim must be a positive integer, got {noise_dim!r}")
+        if noise_scale is not None:
+            check_rate("noise_scale", noise_scale)
+        self._noise_dim, self._noise_scale = noise_dim, noise_scale
+        self._stochastic = stochastic or (lambda name, p: p.dim() == 4)
+        self._sampled: Dict[Tensor, Tuple[Tensor, Tensor]] = {}
+        super().__init__(params, lr=lr, mask_lr=mask_lr, init_sparsity=init_sparsity, momentum=momentum,
+                         dampening=dampening, nesterov=nesterov, weight_decay=weight_decay, maximize=maximize)
+
+    def _validate_hparams(self, group):
+        super()._validate_hparams(group)
+        if group.get("online"):
+            raise ValueError("online=True is not supported by StochasticMaskedSGD")
+
+    def _create_meta(self, param, group):
+        base = super()._create_meta(param, group)[self.meta_key].detach()
+        name = (group.get("param_names") or [None] * len(group["params"]))[
+            next(i for i, q in enumerate(group["params"]) if q is param)]
+        if not self._stochastic(name, param):
+            return {self.meta_key: base.requires_grad_(True)}
+        e = self._noise_dim
+        scale = self._noise_scale if self._noise_scale is not None else 1.0 / math.sqrt(_fan_in(param))
+        kw = dict(dtype=base.dtype, device=base.device)
+        return {
+            "A": (torch.randn(param.numel(), e, **kw) * (scale / math.sqrt(e))).requires_grad_(True),
+            "b": base.requires_grad_(True),
+            "mu": torch.zeros(e, **kw).requires_grad_(True),
+            "sigma": torch.ones(e, **kw).requires_grad_(True),
+        }
+
+    def _generate(self, p: Tensor, z: Tensor) -> Tensor:
+        """Supplement Eq. 11: ``m = A (z * sigma + mu) + b``."""
+        g = self._meta[p]
+        return (g["A"] @ (z * g["sigma"] + g["mu"])).reshape(p.shape) + g["b"]
+
+    def _sample(self, p: Tensor) -> None:
+        g = self._meta[p]
+        z = torch.randn(g["mu"].shape, dtype=g["mu"].dtype, device=g["mu"].device)
+        with torch.no_grad():
+            self._sampled[p] = (z, self._generate(p, z))
+
+    def _logits(self, p):
+        if self.meta_key in self._meta[p]:
+            return self._meta[p][self.meta_key]
+        if p not in self._sampled:
+            self._sample(p)
+        return self._sampled[p][1]
+
+    def mean_logits(self, p: Tensor) -> Tensor:
+        """Noise-free logits ``A mu + b`` of parameter ``p``."""
+        if self.meta_key in self._meta[p]:
+            return self._meta[p][self.meta_key].detach()
+        with torch.no_grad():
+            return self._generate(p, torch.zeros_like(self._meta[p]["mu"]))
+
+    def _update(self, group, params, grads, record):
+        if self._episode is None:
+            for p in params:
+                if self.meta_key not in self._meta[p]:
+                    self._sample(p)
+        super()._update(group, params, grads, record)
+
+    def _logit_grad_buffer(self, p):
+        if self.meta_key in self._meta[p]:
+            return super()._logit_grad_buffer(p)
+        return torch.zeros_like(self._logits(p))
+
+    def _logit_grads_done(self, params, buffers):
+        for p, dm in zip(params, buffers):
+            if self.meta_key in self._meta[p]:
+                continue
+            with torch.enable_grad():
+                self._generate(p, self._sampled[p][0]).backward(dm)
+
+    def _episode_started(self) -> None:
+        self._sampled = {}
+
+    def sparsity(self) -> Dict[str, Any]:
+        """Sparsity of the mean (noise-free) masks; see :meth:`MaskedSGD.sparsity`."""
+        sampled, self._sampled = self._sampled, {p: (None, self.mean_logits(p)) for p in self._meta}
+        try:
+            return super().sparsity()
+        finally:
+            self._sampled = sampled
