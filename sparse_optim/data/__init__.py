@@ -24,3 +24,8 @@ __all__ = [
     "load_mnist_fewshot_offline",
     "synthetic_fewshot",
 ]
+
+# --- MNIST for the continual-learning streams (sparse_optim.continual.streams) ---
+from .mnist import MNISTArrays, load_mnist, load_mnist_auto, load_mnist_offline
+
+__all__ += ["MNISTArrays", "load_mnist", "load_mnist_offline", "load_mnist_auto"]

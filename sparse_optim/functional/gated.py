@@ -25,6 +25,18 @@ T = TypeVar("T")
 Tensors = Union[Sequence[torch.Tensor], Mapping[str, torch.Tensor]]
 
 
+def gated_step(
+    direction: torch.Tensor,
+    meta: torch.Tensor,
+    *,
+    kind: str,
+    scale: float,
+    straight_through: bool = True,
+) -> torch.Tensor:
+    """The step ``scale * gate(meta) * direction``, in the meta-parameter's precision."""
+    return scale * gate(meta, kind, straight_through) * direction.to(meta.dtype)
+
+
 def gated_update(
     param: torch.Tensor,
     direction: torch.Tensor,
@@ -34,8 +46,8 @@ def gated_update(
     scale: float,
     straight_through: bool = True,
 ) -> torch.Tensor:
-    """``param - scale * gate(meta) * direction`` computed in the meta-parameter's precision."""
-    step = scale * gate(meta, kind, straight_through) * direction.to(meta.dtype)
+    """``param - scale * gate(meta) * direction``."""
+    step = gated_step(direction, meta, kind=kind, scale=scale, straight_through=straight_through)
     return param - step.to(param.dtype)
 
 

@@ -139,10 +139,10 @@ class MetaOptimizer(Optimizer):
                 loss = closure()
         self._check_all_grads()
         record = self._episode is not None
-        with torch.no_grad():
-            for group in self.param_groups:
-                params, grads = self._params_with_grad(group)
-                if params:
+        for group in self.param_groups:
+            params, grads = self._params_with_grad(group)
+            if params:
+                with torch.set_grad_enabled(bool(group.get("differentiable", False))):
                     self._update(group, params, grads, record or group.get("online", False))
         if self._episode is not None:
             self._episode.steps += 1

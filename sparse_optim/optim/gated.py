@@ -12,7 +12,9 @@ import torch
 
 from .. import ops
 from .._validation import check_choice, check_fraction, check_rate, meta_dtype
+from ..functional.gated import gated_step
 from ..functional.gates import frozen
+from ..functional.sgd import sgd_direction
 from .base import MetaOptimizer
 
 Tensor = torch.Tensor
@@ -52,7 +54,28 @@ class _GatedSGD(MetaOptimizer):
             t = self._traces[p] = torch.zeros_like(meta)
         return t
 
+    def _update_differentiable(self, group, params, grads, record):
+        """``differentiable=True``: the same update as autograd-visible tensor ops (straight-through
+        gates), so gradients reach the meta-parameters, the incoming gradients and earlier steps."""
+        for p, g in zip(params, grads):
+            state = self.state[p]
+            d, buf = sgd_direction(g, p, state.get("momentum_buffer"), weight_decay=group["weight_decay"],
+                                   momentum=group["momentum"], dampening=group["dampening"],
+                                   nesterov=group["nesterov"], maximize=group["maximize"])
+            if buf is not None:
+                state["momentum_buffer"] = buf
+            m = self._logits(p)
+            step = gated_step(d, m, kind=self.gate_kind, scale=self._scale(group),
+                              straight_through=self._straight_through(group))
+            p.sub_(step.to(p.dtype))
+            if record:
+                self._trace(p, m).add_(d.detach().to(m.dtype))
+
     def _update(self, group, params, grads, record):
+        if group.get("differentiable", False):
+            if group.get("online", False):
+                raise ValueError("online=True is not supported together with differentiable=True")
+            return self._update_differentiable(group, params, grads, record)
         metas = self._metas(params)
         kind, scale = self.gate_kind, self._scale(group)
         online = group.get("online", False) and self._episode is None
@@ -158,6 +181,7 @@ class MaskedSGD(_GatedSGD):
         maximize: bool = False,
         online: bool = False,
         online_decay: float = 0.0,
+        differentiable: bool = False,
     ) -> None:
         check_fraction("init_sparsity", init_sparsity)
         check_choice("mask_init", mask_init, ("kaiming", "constant"))
@@ -166,7 +190,7 @@ class MaskedSGD(_GatedSGD):
         defaults = dict(lr=lr, mask_lr=mask_lr, init_sparsity=init_sparsity, mask_init=mask_init,
                         mask_init_value=mask_init_value, momentum=momentum, dampening=dampening,
                         nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
-                        online=online, online_decay=online_decay)
+                        online=online, online_decay=online_decay, differentiable=differentiable)
         super().__init__(params, defaults)
 
     def _validate_hparams(self, group):
@@ -221,11 +245,12 @@ class RectifiedLRSGD(_GatedSGD):
         maximize: bool = False,
         online: bool = False,
         online_decay: float = 0.0,
+        differentiable: bool = False,
     ) -> None:
         defaults = dict(lr=lr, rate_lr=rate_lr, rate_init=rate_init, rate_init_range=tuple(rate_init_range),
                         straight_through=straight_through, momentum=momentum, dampening=dampening,
                         nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
-                        online=online, online_decay=online_decay)
+                        online=online, online_decay=online_decay, differentiable=differentiable)
         super().__init__(params, defaults)
 
     def _validate_hparams(self, group):
@@ -281,10 +306,12 @@ class LookaheadLRSGD(RectifiedLRSGD):
         nesterov: bool = False,
         weight_decay: float = 0.0,
         maximize: bool = False,
+        differentiable: bool = False,
     ) -> None:
         super().__init__(params, lr=lr, rate_lr=rate_lr, rate_init=rate_init, rate_init_range=rate_init_range,
                          straight_through=straight_through, momentum=momentum, dampening=dampening,
-                         nesterov=nesterov, weight_decay=weight_decay, maximize=maximize)
+                         nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
+                         differentiable=differentiable)
 
 
 class StochasticMaskedSGD(MaskedSGD):
@@ -313,7 +340,7 @@ class StochasticMaskedSGD(MaskedSGD):
     def __init__(self, params: Any, lr: float = 0.1, mask_lr: float = 0.0075, init_sparsity: float = 0.5,
                  noise_dim: int = 1600, noise_scale: Optional[float] = None, stochastic=None,
                  momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0, maximize: bool = False) -> None:
+                 weight_decay: float = 0.0, maximize: bool = False, differentiable: bool = False) -> None:
         if isinstance(noise_dim, bool) or not isinstance(noise_dim, int) or noise_dim < 1:
             raise ValueError(f"noise_dim must be a positive integer, got {noise_dim!r}")
         if noise_scale is not None:
@@ -322,7 +349,8 @@ class StochasticMaskedSGD(MaskedSGD):
         self._stochastic = stochastic or (lambda name, p: p.dim() == 4)
         self._sampled: Dict[Tensor, Tuple[Tensor, Tensor]] = {}
         super().__init__(params, lr=lr, mask_lr=mask_lr, init_sparsity=init_sparsity, momentum=momentum,
-                         dampening=dampening, nesterov=nesterov, weight_decay=weight_decay, maximize=maximize)
+                         dampening=dampening, nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
+                         differentiable=differentiable)
 
     def _validate_hparams(self, group):
         super()._validate_hparams(group)

@@ -7,6 +7,7 @@ import torch
 
 from .._validation import check_choice, check_rate, meta_dtype
 from ..functional.kronecker import VARIANTS, init_factors, kronecker_transform
+from ..functional.sgd import sgd_direction
 from ..ops.reference import sgd_directions
 from .base import MetaOptimizer
 
@@ -45,6 +46,8 @@ class KroneckerSGD(MetaOptimizer):
         init_gain: Glorot gain for Cholesky factors.
         adapt_factors, factor_inner_lr: KFO Eq. 4 (``factor_inner_lr`` defaults to ``factor_lr``).
         momentum, dampening, nesterov, weight_decay, maximize: as ``torch.optim.SGD``.
+        differentiable: build the autograd graph of each step (as ``torch.optim``); factor
+            adaptation (``adapt_factors``) stays first-order on this path.
     """
 
     meta_lr_name = "factor_lr"
@@ -67,12 +70,13 @@ class KroneckerSGD(MetaOptimizer):
         nesterov: bool = False,
         weight_decay: float = 0.0,
         maximize: bool = False,
+        differentiable: bool = False,
     ) -> None:
         defaults = dict(lr=lr, factor_lr=factor_lr, variant=variant, depth=depth, rank=rank, bias=bias,
                         normalize=normalize, init_gain=init_gain, adapt_factors=adapt_factors,
                         factor_inner_lr=factor_lr if factor_inner_lr is None else factor_inner_lr,
                         momentum=momentum, dampening=dampening, nesterov=nesterov,
-                        weight_decay=weight_decay, maximize=maximize)
+                        weight_decay=weight_decay, maximize=maximize, differentiable=differentiable)
         self._fast: Dict[Tensor, Dict[str, Tensor]] = {}
         super().__init__(params, defaults)
 
@@ -126,13 +130,26 @@ class KroneckerSGD(MetaOptimizer):
             for k, v in self._meta[p].items():
                 v.copy_(new[k])
 
-    def _update(self, group, params, grads, record):
+    def _directions(self, group, params: List[Tensor], grads: List[Tensor]) -> List[Tensor]:
+        hp = dict(weight_decay=group["weight_decay"], momentum=group["momentum"], dampening=group["dampening"],
+                  nesterov=group["nesterov"], maximize=group["maximize"])
+        if group.get("differentiable", False):
+            dirs = []
+            for p, g in zip(params, grads):
+                d, buf = sgd_direction(g, p, self.state[p].get("momentum_buffer"), **hp)
+                if buf is not None:
+                    self.state[p]["momentum_buffer"] = buf
+                dirs.append(d)
+            return dirs
         buffers = [self.state[p].get("momentum_buffer") for p in params] if group["momentum"] else [None] * len(params)
-        dirs = sgd_directions(params, grads, buffers, weight_decay=group["weight_decay"], momentum=group["momentum"],
-                              dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"])
+        dirs = sgd_directions(params, grads, buffers, **hp)
         if group["momentum"]:
             for p, b in zip(params, buffers):
                 self.state[p]["momentum_buffer"] = b
+        return dirs
+
+    def _update(self, group, params, grads, record):
+        dirs = self._directions(group, params, grads)
         adapt = group["adapt_factors"]
         for p, g, d in zip(params, grads, dirs):
             if adapt:
