@@ -207,7 +207,7 @@ class FewShotSampler:
         if self.transform is not None:
             support_x = self.transform(support_x)
             query_x = self.transform(query_x)
-        self.last_classes = [self.class_keys[c] for c in sorted(classes)]
+        self.last_classes = [self.class_keys[c] for c in classes]
         return Episode(
             support_x,
             labels.repeat_interleave(self.shots),

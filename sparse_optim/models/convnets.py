@@ -19,7 +19,9 @@ Parameter counts reported in the KFO appendix, all reproduced here
   the FC (``max_pool=False, global_avg_pool=True``):  29,226 / 10,602
 * mini-ImageNet, 10-way, 3x84x84, hidden=32:  36,906 / 18,282
 
-These counts include conv biases and BatchNorm affine parameters.
+These counts include conv biases and BatchNorm affine parameters.  (Finn et
+al.'s Omniglot network uses stride-2 convolutions instead of max-pooling; the
+parameter count is identical, and this implementation always max-pools.)
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ def gated_sgd_step_(
         for i, (p, d, m) in enumerate(zip(params, dirs, metas)):
             d32 = d.to(m.dtype)
             g = m.ge(0).to(m.dtype) if kind == "step" else m.clamp_min(0)
-            p.sub_((scale * g * d32).to(p.dtype))
+            p.copy_(p.to(m.dtype) - scale * g * d32)  # one rounding to the parameter's precision
             if traces is not None:
                 t = traces[i]
                 if trace_decay != 1.0:

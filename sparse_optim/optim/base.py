@@ -292,6 +292,8 @@ class MetaOptimizer(Optimizer):
                         f"meta-parameter {self._names[p]}.{k} has shape {tuple(saved[k].shape)} in the "
                         f"state_dict, expected {tuple(t.shape)}"
                     )
+        # never alias the caller's tensors: momentum buffers are updated in place
+        state_dict["state"] = _clone_tree(state_dict.get("state", {}))
         super().load_state_dict(state_dict)
         with torch.no_grad():
             self._traces = {}

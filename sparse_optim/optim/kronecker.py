@@ -155,13 +155,21 @@ class KroneckerSGD(MetaOptimizer):
             if adapt:
                 self._adapt(group, p, g)
             factors = self._factors(p, group)
-            p.sub_((group["lr"] * self._transform(group, d, factors)).to(p.dtype))
+            self._apply(p, group["lr"] * self._transform(group, d, factors))
             if record or adapt:
                 entry = (d.detach().clone(), factors if (self._episode is not None and adapt) else None)
                 if self._episode is not None:
                     self._traces.setdefault(p, []).append(entry)
                 else:
                     self._traces[p] = [entry]
+
+    @staticmethod
+    def _apply(p: Tensor, step: Tensor) -> None:
+        """``p -= step`` with a single rounding to the parameter's precision."""
+        if step.dtype == p.dtype:
+            p.sub_(step)
+        else:
+            p.copy_(p.to(step.dtype) - step)
 
     def _accumulate_meta_grads(self, group, params, outer_grads):
         for p, g in zip(params, outer_grads):
@@ -188,7 +196,7 @@ class KroneckerSGD(MetaOptimizer):
     def _update_params_with_meta(self, group, params, grads):
         for p, g in zip(params, grads):
             d = -g if group["maximize"] else g
-            p.sub_((group["lr"] * self._transform(group, d, self._meta[p])).to(p.dtype))
+            self._apply(p, group["lr"] * self._transform(group, d, self._meta[p]))
 
     def _episode_started(self) -> None:
         self._fast = {}
