@@ -6,6 +6,7 @@ are created (:meth:`_create_meta`), the first-order meta-gradient
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -13,7 +14,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch.optim import Optimizer
 
-from .._validation import check_grad, check_param, check_rate
+from .._validation import check_choice, check_grad, check_param, check_rate
+
+NONFINITE_POLICIES = ("skip", "raise", "propagate")
 
 Tensor = torch.Tensor
 
@@ -40,12 +43,22 @@ class MetaOptimizer(Optimizer):
             opt.meta_backward()             # first-order meta-gradients into xi.grad
         # theta restored; p.grad = first-order gradient for theta, summed over episodes
         opt.meta_step()                     # SGD on xi (and theta, if update_params)
+
+    Non-finite gradients (``nonfinite``): wherever meta-parameters would change
+    (:meth:`meta_backward`, :meth:`meta_step`, online steps) the gradients involved are checked
+    first; ``'skip'`` (default) skips that update with a warning and counts it in
+    ``skipped_updates``, ``'raise'`` raises ``FloatingPointError``, ``'propagate'`` does no check.
+    Plain ``step()`` behaves like ``torch.optim.SGD`` (use ``torch.amp.GradScaler`` to skip
+    overflowing steps); inside an episode a bad inner gradient only reaches the trace, which
+    :meth:`meta_backward` rejects, and theta is restored when the episode ends.
     """
 
     meta_lr_name = "meta_lr"
     default_update_params = False
 
-    def __init__(self, params: Any, defaults: Dict[str, Any]) -> None:
+    def __init__(self, params: Any, defaults: Dict[str, Any], nonfinite: str = "skip") -> None:
+        self.nonfinite = check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
+        self.skipped_updates = 0
         self._meta: Dict[Tensor, Dict[str, Tensor]] = {}
         self._names: Dict[Tensor, str] = {}
         self._traces: Dict[Tensor, Any] = {}
@@ -200,6 +213,9 @@ class MetaOptimizer(Optimizer):
         if ep.steps == 0:
             raise RuntimeError("meta_backward(): no inner step was taken in this episode, there is no trace")
         self._check_all_grads()
+        outer = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not self._all_finite(outer + self._trace_tensors()):
+            return self._reject_nonfinite("meta_backward")
         with torch.no_grad():
             for group in self.param_groups:
                 params, grads = self._params_with_grad(group)
@@ -209,6 +225,33 @@ class MetaOptimizer(Optimizer):
                 for p, g in zip(params, grads):
                     acc = ep.outer_grads.get(p)
                     ep.outer_grads[p] = g.detach().clone() if acc is None else acc.add_(g)
+
+    def _all_finite(self, tensors: List[Tensor]) -> bool:
+        tensors = [t for t in tensors if t is not None and t.numel() > 0]
+        if self.nonfinite == "propagate" or not tensors:
+            return True
+        by_device: Dict[Any, List[Tensor]] = {}
+        for t in tensors:
+            by_device.setdefault((t.device, t.dtype), []).append(t)
+        return all(bool(torch.stack(torch._foreach_norm(ts, float("inf"))).isfinite().all())
+                   for ts in by_device.values())
+
+    def _reject_nonfinite(self, where: str) -> None:
+        """Apply the non-finite policy for an update that was not made."""
+        message = f"{type(self).__name__}.{where}: non-finite gradients; nothing was updated"
+        if self.nonfinite == "raise":
+            raise FloatingPointError(message)
+        self.skipped_updates += 1
+        warnings.warn(message + " (skipped)", RuntimeWarning, stacklevel=3)
+
+    def _trace_tensors(self) -> List[Tensor]:
+        out: List[Tensor] = []
+        for t in self._traces.values():
+            if isinstance(t, Tensor):
+                out.append(t)
+            else:
+                out.extend(d for d, _ in t)
+        return out
 
     def _meta_grad_buffer(self, meta: Tensor) -> Tensor:
         if meta.grad is None:
@@ -227,11 +270,15 @@ class MetaOptimizer(Optimizer):
             raise RuntimeError("meta_step() must be called after the episode has ended")
         if update_params is None:
             update_params = self.default_update_params
-        for name, t in self.named_meta_parameters():
-            if t.grad is not None and not torch.isfinite(t.grad).all():
-                raise ValueError(f"meta-gradient of {name} is not finite; nothing was updated")
+        for group in self.param_groups:
+            self._validate_hparams(group)
         if update_params:
             self._check_all_grads()
+        checked = [t.grad for t in self.meta_parameters()]
+        if update_params:
+            checked += [p.grad for p in self._ordered_params()]
+        if not self._all_finite(checked):
+            return self._reject_nonfinite("meta_step")
         with torch.no_grad():
             for group in self.param_groups:
                 lr = group[self.meta_lr_name]

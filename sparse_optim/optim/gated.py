@@ -79,6 +79,8 @@ class _GatedSGD(MetaOptimizer):
         metas = self._metas(params)
         kind, scale = self.gate_kind, self._scale(group)
         online = group.get("online", False) and self._episode is None
+        if online and not self._all_finite(list(grads)):
+            return self._reject_nonfinite("step (online)")
         if online:
             # hypergradient step: this gradient is the outer gradient of the previous trace
             traced = [i for i, p in enumerate(params) if p in self._traces]
@@ -160,6 +162,9 @@ class MaskedSGD(_GatedSGD):
         online: adapt masks inside an ordinary training loop: each step's gradient is the outer
             gradient of the previous steps' trace (hypergradient-descent style).
         online_decay: trace decay in online mode (0: previous step only).
+        differentiable: record ``step()`` with autograd (``torch.optim`` semantics).
+        nonfinite: ``'skip'`` / ``'raise'`` / ``'propagate'`` for non-finite gradients where
+            meta-parameters would change (see :class:`~sparse_optim.optim.base.MetaOptimizer`).
     """
 
     gate_kind = "step"
@@ -182,6 +187,7 @@ class MaskedSGD(_GatedSGD):
         online: bool = False,
         online_decay: float = 0.0,
         differentiable: bool = False,
+        nonfinite: str = "skip",
     ) -> None:
         check_fraction("init_sparsity", init_sparsity)
         check_choice("mask_init", mask_init, ("kaiming", "constant"))
@@ -191,7 +197,7 @@ class MaskedSGD(_GatedSGD):
                         mask_init_value=mask_init_value, momentum=momentum, dampening=dampening,
                         nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
                         online=online, online_decay=online_decay, differentiable=differentiable)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, nonfinite=nonfinite)
 
     def _validate_hparams(self, group):
         super()._validate_hparams(group)
@@ -246,12 +252,13 @@ class RectifiedLRSGD(_GatedSGD):
         online: bool = False,
         online_decay: float = 0.0,
         differentiable: bool = False,
+        nonfinite: str = "skip",
     ) -> None:
         defaults = dict(lr=lr, rate_lr=rate_lr, rate_init=rate_init, rate_init_range=tuple(rate_init_range),
                         straight_through=straight_through, momentum=momentum, dampening=dampening,
                         nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
                         online=online, online_decay=online_decay, differentiable=differentiable)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, nonfinite=nonfinite)
 
     def _validate_hparams(self, group):
         super()._validate_hparams(group)
@@ -307,11 +314,12 @@ class LookaheadLRSGD(RectifiedLRSGD):
         weight_decay: float = 0.0,
         maximize: bool = False,
         differentiable: bool = False,
+        nonfinite: str = "skip",
     ) -> None:
         super().__init__(params, lr=lr, rate_lr=rate_lr, rate_init=rate_init, rate_init_range=rate_init_range,
                          straight_through=straight_through, momentum=momentum, dampening=dampening,
                          nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
-                         differentiable=differentiable)
+                         differentiable=differentiable, nonfinite=nonfinite)
 
 
 class StochasticMaskedSGD(MaskedSGD):
@@ -340,7 +348,8 @@ class StochasticMaskedSGD(MaskedSGD):
     def __init__(self, params: Any, lr: float = 0.1, mask_lr: float = 0.0075, init_sparsity: float = 0.5,
                  noise_dim: int = 1600, noise_scale: Optional[float] = None, stochastic=None,
                  momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0, maximize: bool = False, differentiable: bool = False) -> None:
+                 weight_decay: float = 0.0, maximize: bool = False, differentiable: bool = False,
+                 nonfinite: str = "skip") -> None:
         if isinstance(noise_dim, bool) or not isinstance(noise_dim, int) or noise_dim < 1:
             raise ValueError(f"noise_dim must be a positive integer, got {noise_dim!r}")
         if noise_scale is not None:
@@ -350,7 +359,7 @@ class StochasticMaskedSGD(MaskedSGD):
         self._sampled: Dict[Tensor, Tuple[Tensor, Tensor]] = {}
         super().__init__(params, lr=lr, mask_lr=mask_lr, init_sparsity=init_sparsity, momentum=momentum,
                          dampening=dampening, nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
-                         differentiable=differentiable)
+                         differentiable=differentiable, nonfinite=nonfinite)
 
     def _validate_hparams(self, group):
         super()._validate_hparams(group)

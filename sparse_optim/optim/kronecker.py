@@ -48,6 +48,7 @@ class KroneckerSGD(MetaOptimizer):
         momentum, dampening, nesterov, weight_decay, maximize: as ``torch.optim.SGD``.
         differentiable: build the autograd graph of each step (as ``torch.optim``); factor
             adaptation (``adapt_factors``) stays first-order on this path.
+        nonfinite: policy for non-finite gradients (see :class:`~sparse_optim.optim.base.MetaOptimizer`).
     """
 
     meta_lr_name = "factor_lr"
@@ -71,6 +72,7 @@ class KroneckerSGD(MetaOptimizer):
         weight_decay: float = 0.0,
         maximize: bool = False,
         differentiable: bool = False,
+        nonfinite: str = "skip",
     ) -> None:
         defaults = dict(lr=lr, factor_lr=factor_lr, variant=variant, depth=depth, rank=rank, bias=bias,
                         normalize=normalize, init_gain=init_gain, adapt_factors=adapt_factors,
@@ -78,7 +80,7 @@ class KroneckerSGD(MetaOptimizer):
                         momentum=momentum, dampening=dampening, nesterov=nesterov,
                         weight_decay=weight_decay, maximize=maximize, differentiable=differentiable)
         self._fast: Dict[Tensor, Dict[str, Tensor]] = {}
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, nonfinite=nonfinite)
 
     def _validate_hparams(self, group):
         super()._validate_hparams(group)
@@ -149,6 +151,8 @@ class KroneckerSGD(MetaOptimizer):
         return dirs
 
     def _update(self, group, params, grads, record):
+        if group["adapt_factors"] and self._episode is None and not self._all_finite(list(grads)):
+            return self._reject_nonfinite("step (adapt_factors)")
         dirs = self._directions(group, params, grads)
         adapt = group["adapt_factors"]
         for p, g, d in zip(params, grads, dirs):
