@@ -23,6 +23,15 @@ def check_rate(name: str, value: Any, *, allow_zero: bool = True) -> float:
     return float(value)
 
 
+def check_real(name: str, value: Any) -> float:
+    """A finite real number (any sign)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
 def check_fraction(name: str, value: Any, *, closed_right: bool = True) -> float:
     value = check_rate(name, value)
     if value > 1 or (value == 1 and not closed_right):

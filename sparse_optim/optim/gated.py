@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from .. import ops
-from .._validation import check_choice, check_fraction, check_rate, meta_dtype
+from .._validation import check_choice, check_fraction, check_rate, check_real, meta_dtype
 from ..functional.gated import gated_step
 from ..functional.gates import frozen
 from ..functional.sgd import sgd_direction
@@ -136,9 +136,10 @@ class _GatedSGD(MetaOptimizer):
 
 
 def _fan_in(p: Tensor) -> int:
+    """Kaiming fan-in (at least 1, so zero-size parameters get an empty mask)."""
     if p.dim() < 2:
         return max(p.numel(), 1)
-    return p.shape[1] * math.prod(p.shape[2:])
+    return max(p.shape[1] * math.prod(p.shape[2:]), 1)
 
 
 class MaskedSGD(_GatedSGD):
@@ -189,10 +190,6 @@ class MaskedSGD(_GatedSGD):
         differentiable: bool = False,
         nonfinite: str = "skip",
     ) -> None:
-        check_fraction("init_sparsity", init_sparsity)
-        check_choice("mask_init", mask_init, ("kaiming", "constant"))
-        if not math.isfinite(mask_init_value):
-            raise ValueError(f"mask_init_value must be finite, got {mask_init_value}")
         defaults = dict(lr=lr, mask_lr=mask_lr, init_sparsity=init_sparsity, mask_init=mask_init,
                         mask_init_value=mask_init_value, momentum=momentum, dampening=dampening,
                         nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
@@ -203,6 +200,10 @@ class MaskedSGD(_GatedSGD):
         super()._validate_hparams(group)
         if "init_sparsity" in group:
             check_fraction("init_sparsity", group["init_sparsity"])
+        if "mask_init" in group:
+            check_choice("mask_init", group["mask_init"], ("kaiming", "constant"))
+        if "mask_init_value" in group:
+            check_real("mask_init_value", group["mask_init_value"])
 
     def _create_meta(self, param, group):
         dtype = meta_dtype(param)
@@ -254,7 +255,7 @@ class RectifiedLRSGD(_GatedSGD):
         differentiable: bool = False,
         nonfinite: str = "skip",
     ) -> None:
-        defaults = dict(lr=lr, rate_lr=rate_lr, rate_init=rate_init, rate_init_range=tuple(rate_init_range),
+        defaults = dict(lr=lr, rate_lr=rate_lr, rate_init=rate_init, rate_init_range=rate_init_range,
                         straight_through=straight_through, momentum=momentum, dampening=dampening,
                         nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
                         online=online, online_decay=online_decay, differentiable=differentiable)
@@ -265,7 +266,10 @@ class RectifiedLRSGD(_GatedSGD):
         if "rate_init" in group:
             check_choice("rate_init", group["rate_init"], ("constant", "uniform"))
         if "rate_init_range" in group:
-            lo, hi = group["rate_init_range"]
+            bounds = group["rate_init_range"]
+            if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
+                raise ValueError(f"rate_init_range must be a (low, high) pair, got {bounds!r}")
+            lo, hi = bounds
             check_rate("rate_init_range[0]", lo)
             check_rate("rate_init_range[1]", hi)
             if lo > hi:

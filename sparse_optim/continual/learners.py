@@ -1,0 +1,229 @@
+"""Online continual learners: online SGD / experience replay and the La-MAML family.
+
+Both learners wrap a model, an optimizer and (optionally) a :class:`ReservoirBuffer`, and
+expose ``observe(x, y, task_id)``: one call per incoming mini-batch of the single-pass stream
+(GEM / MER / La-MAML protocol, batch size 10). Neither needs task boundaries.
+
+* :class:`ReplayLearner` -- *online* SGD (no buffer) and *experience replay* (ER, Chaudhry et
+  al. 2019 / Rolnick et al. 2019; the ``eralg4`` baseline of the La-MAML code): every glance
+  takes one SGD step on the incoming batch joined with a replay sample, the gradient clipped
+  to norm 2.0 (La-MAML appendix F); the buffer is updated by reservoir sampling afterwards.
+
+* :class:`LaMAMLLearner` -- first-order La-MAML (La-MAML Algorithm 1, Eq. 7-8), C-MAML
+  (La-MAML appendix C, Algorithm 2), sparse-La-MAML (sparse-MAML supplement Algorithm 1) and
+  the straight-through rectified variant, depending on the :class:`~sparse_optim.MetaOptimizer`
+  and ``outer_optimizer`` given:
+
+  ====================  ==========================================  ===================
+  method                meta optimizer                              theta update
+  ====================  ==========================================  ===================
+  La-MAML               ``LookaheadLRSGD(lr=alpha_0, rate_lr=eta)``  Eq. 8 (meta_step)
+  sparse-La-MAML        ``MaskedSGD(lr=alpha_0, mask_lr=gamma_m)``   ``alpha_0 1[m>=0] g``
+  rectified (ST)        ``RectifiedLRSGD(lr=alpha_0, rate_lr=eta)``  ``relu(m_new) g``
+  C-MAML                ``LookaheadLRSGD(lr=alpha, rate_lr=0)``      ``SGD(beta)``
+  ====================  ==========================================  ===================
+
+One *glance* (``glances`` of them per incoming batch, each on a fresh shuffle of the batch):
+
+1. draw a replay sample ``R`` (``replay_batch_size`` items) and form the meta-batch
+   ``b_m = R u b``;
+2. inside ``opt.episode()``: split the incoming batch ``b`` into disjoint chunks of
+   ``inner_batch_size`` (1 = one inner SGD step per sample, as La-MAML's code and the
+   sparse-MAML supplement do, ``k = |b|``) and take one inner step ``opt.step()`` on each
+   (``phi_{k+1} = phi_k - gate(xi) * grad l(phi_k, b_k)``, Eq. 7);
+3. the meta-loss ``L(phi_k, b_m)`` is evaluated after every inner step and averaged
+   (``meta_loss="all"``, La-MAML Sec. 5.1: "evaluating and summing the meta-loss at all steps
+   of the inner updates"; the official code divides by ``k``) or only at the end
+   (``meta_loss="last"``, supplement Algorithm 1). Each term's gradient is handed to
+   ``opt.meta_backward()`` right away, which adds ``-g_meta_i * sum_{k<=i} g_k`` (gated as the
+   optimizer defines) to the meta-parameters' gradient -- exactly the first-order gradient of
+   the averaged meta-loss -- and sums ``g_meta_i`` as theta's first-order gradient;
+4. after the episode (theta restored) both gradients are clipped to norm ``clip_grad_norm``
+   (official code: the weights' and the learning rates' gradients separately), then
+   ``opt.meta_step(update_params=True)`` (asynchronous update: meta-parameters first, then
+   theta with the *new* gates) or, with an ``outer_optimizer`` (C-MAML / sync La-MAML),
+   ``opt.meta_step(update_params=False)`` followed by ``outer_optimizer.step()``;
+5. after the first glance the incoming batch is offered to the reservoir buffer (the official
+   code pushes during the first glance after ``b_m`` is drawn, so ``b_m`` of the first glance
+   never holds the incoming samples twice; later glances may replay them).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .replay import ReservoirBuffer
+
+__all__ = ["ReplayLearner", "LaMAMLLearner"]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_clip(value) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+        raise ValueError(f"clip_grad_norm must be a positive finite number or None, got {value!r}")
+    return float(value)
+
+
+def _check_batch(x: Tensor, y: Tensor) -> None:
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise TypeError("x and y must be tensors")
+    if x.dim() < 1 or y.dim() != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise ValueError(f"x [N, ...] and y [N] must share a non-zero batch size, got {tuple(x.shape)} and {tuple(y.shape)}")
+
+
+def _replay_batch(buffer: Optional[ReservoirBuffer], n: int, x: Tensor, y: Tensor):
+    """Meta-batch / ER batch ``R u b``: up to ``n`` stored items followed by the incoming ones."""
+    if buffer is None or n == 0 or len(buffer) == 0:
+        return x, y
+    bx, by = buffer.sample(n)[:2]
+    return torch.cat([bx.to(x.dtype), x]), torch.cat([by.to(y.dtype), y])
+
+
+def _task_column(task_id, n: int) -> Tensor:
+    return torch.full((n,), -1 if task_id is None else int(task_id), dtype=torch.long)
+
+
+class ReplayLearner:
+    """Online SGD (``buffer=None``) or experience replay with a reservoir buffer.
+
+    Args:
+        model: the network (``model(x)`` returns logits).
+        optimizer: any ``torch.optim`` optimizer over ``model``'s parameters.
+        buffer: reservoir buffer storing ``(x, y, task_id)``; ``None`` = online SGD.
+        replay_batch_size: stored items joined to every incoming batch (ER; default 10).
+        glances: SGD steps per incoming batch (each with a fresh replay sample).
+        clip_grad_norm: gradient-norm clip before every step (La-MAML appendix F: 2.0).
+        loss_fn: ``loss_fn(logits, y)`` (default cross-entropy).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 buffer: Optional[ReservoirBuffer] = None, *, replay_batch_size: int = 10,
+                 glances: int = 1, clip_grad_norm: Optional[float] = 2.0,
+                 loss_fn: LossFn = F.cross_entropy) -> None:
+        self.model, self.optimizer, self.buffer = model, optimizer, buffer
+        self.replay_batch_size = _check_int(replay_batch_size, "replay_batch_size", 0)
+        self.glances = _check_int(glances, "glances", 1)
+        self.clip_grad_norm = _check_clip(clip_grad_norm)
+        self.loss_fn = loss_fn
+
+    def observe(self, x: Tensor, y: Tensor, task_id: Optional[int] = None) -> Dict[str, float]:
+        """Learn from one incoming batch; returns ``{'loss': last training loss}``."""
+        _check_batch(x, y)
+        self.model.train()
+        loss = torch.zeros(())
+        for _ in range(self.glances):
+            bx, by = _replay_batch(self.buffer, self.replay_batch_size, x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss_fn(self.model(bx), by)
+            loss.backward()
+            if self.clip_grad_norm is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.buffer is not None:
+            self.buffer.add(x, y, _task_column(task_id, x.shape[0]))
+        return {"loss": float(loss.detach())}
+
+
+class LaMAMLLearner:
+    """First-order La-MAML / C-MAML / sparse-La-MAML learner (see the module docstring).
+
+    Args:
+        model: the network; its parameters must be the ones ``optimizer`` updates.
+        optimizer: a :class:`~sparse_optim.MetaOptimizer` (``LookaheadLRSGD``, ``MaskedSGD``,
+            ``RectifiedLRSGD``) used for the inner loop and the meta-parameters' update.
+        buffer: reservoir replay buffer (``(x, y, task_id)`` items); ``None`` disables replay
+            (the meta-batch is then the incoming batch alone).
+        outer_optimizer: optimizer for the theta-update (C-MAML's SGD with ``beta``); ``None``
+            = asynchronous update through ``optimizer.meta_step(update_params=True)``.
+        glances: repetitions of (inner loop + meta-update) per incoming batch.
+        replay_batch_size: replay items in the meta-batch (La-MAML: 10).
+        inner_batch_size: samples per inner step (1: ``k = |b|`` inner steps).
+        meta_loss: ``"all"`` (average over all inner steps, La-MAML code) or ``"last"``.
+        clip_grad_norm: norm clip of theta's and (separately) the meta-parameters' first-order
+            gradients before the meta-update (La-MAML appendix F: 2.0); ``None`` = no clip.
+        shuffle: shuffle the incoming batch before every glance (La-MAML code).
+        generator: CPU generator for the shuffles.
+        loss_fn: ``loss_fn(logits, y)`` for both inner and meta loss (default cross-entropy).
+    """
+
+    def __init__(self, model: nn.Module, optimizer, buffer: Optional[ReservoirBuffer] = None, *,
+                 outer_optimizer: Optional[torch.optim.Optimizer] = None, glances: int = 5,
+                 replay_batch_size: int = 10, inner_batch_size: int = 1, meta_loss: str = "all",
+                 clip_grad_norm: Optional[float] = 2.0, shuffle: bool = True,
+                 generator: Optional[torch.Generator] = None, loss_fn: LossFn = F.cross_entropy) -> None:
+        if not hasattr(optimizer, "episode") or not hasattr(optimizer, "meta_backward"):
+            raise TypeError("optimizer must be a sparse_optim MetaOptimizer (episode / meta_backward / meta_step)")
+        if meta_loss not in ("all", "last"):
+            raise ValueError(f"meta_loss must be 'all' or 'last', got {meta_loss!r}")
+        self.model, self.optimizer, self.buffer = model, optimizer, buffer
+        self.outer_optimizer = outer_optimizer
+        self.glances = _check_int(glances, "glances", 1)
+        self.replay_batch_size = _check_int(replay_batch_size, "replay_batch_size", 0)
+        self.inner_batch_size = _check_int(inner_batch_size, "inner_batch_size", 1)
+        self.meta_loss = meta_loss
+        self.clip_grad_norm = _check_clip(clip_grad_norm)
+        self.shuffle = bool(shuffle)
+        self.generator = generator
+        self.loss_fn = loss_fn
+        self._params = [p for g in optimizer.param_groups for p in g["params"]]
+
+    def _glance(self, x: Tensor, y: Tensor) -> float:
+        opt = self.optimizer
+        if self.shuffle:
+            perm = torch.randperm(x.shape[0], generator=self.generator)
+            x, y = x[perm], y[perm]
+        mx, my = _replay_batch(self.buffer, self.replay_batch_size, x, y)
+        chunks = list(zip(x.split(self.inner_batch_size), y.split(self.inner_batch_size)))
+        k = len(chunks)
+        weight = 1.0 / k if self.meta_loss == "all" else 1.0
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        with opt.episode():
+            for i, (xi, yi) in enumerate(chunks):
+                opt.zero_grad(set_to_none=True)
+                self.loss_fn(self.model(xi), yi).backward()
+                opt.step()                                      # inner update (Eq. 7)
+                if self.meta_loss == "all" or i == k - 1:
+                    opt.zero_grad(set_to_none=True)
+                    meta = self.loss_fn(self.model(mx), my) * weight
+                    meta.backward()
+                    opt.meta_backward()                         # g_meta_i . trace_i
+                    total += float(meta.detach())
+        # theta restored; p.grad = first-order meta-gradient for theta
+        if self.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self._params, self.clip_grad_norm)
+            metas = [t for t in opt.meta_parameters() if t.grad is not None]
+            if metas:
+                nn.utils.clip_grad_norm_(metas, self.clip_grad_norm)
+        if self.outer_optimizer is None:
+            opt.meta_step(update_params=True)                   # Eq. 8 / suppl. Alg. 1
+        else:
+            opt.meta_step(update_params=False)
+            self.outer_optimizer.step()                         # C-MAML: theta -= beta * g
+        opt.zero_grad(set_to_none=True)
+        return total
+
+    def observe(self, x: Tensor, y: Tensor, task_id: Optional[int] = None) -> Dict[str, float]:
+        """Learn from one incoming batch; returns ``{'meta_loss': last glance's meta-loss}``."""
+        _check_batch(x, y)
+        self.model.train()
+        loss = 0.0
+        for g in range(self.glances):
+            loss = self._glance(x, y)
+            if g == 0 and self.buffer is not None:
+                self.buffer.add(x, y, _task_column(task_id, x.shape[0]))
+        return {"meta_loss": loss}

@@ -1,0 +1,153 @@
+"""The native kernels of ``csrc/`` (``torch.ops.sparse_optim.*``) behind the reference signatures.
+
+The extension is compiled on first use (:func:`available`) into torch's extension cache or
+``$SPARSE_OPTIM_BUILD_DIR``; ``SPARSE_OPTIM_NO_BUILD=1`` disables it. If it cannot be built,
+:func:`available` is False, one warning says why, and :mod:`sparse_optim.ops` runs the
+reference ops, which give the same results. Importing this module never builds or raises.
+
+Dtype combinations without a kernel (see ``csrc/dispatch.h``) run on the reference ops too.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from typing import List, Optional
+
+import torch
+
+from . import build, reference
+
+Tensor = torch.Tensor
+
+_lock = threading.Lock()
+_loaded: Optional[bool] = None
+_with_cuda = False
+
+
+def _ops_already_registered() -> bool:
+    return hasattr(torch.ops.sparse_optim, "gated_sgd_step_")
+
+
+def _register_fakes() -> None:
+    """Shape-only implementations, so the ops trace under torch.compile / FakeTensor."""
+
+    @torch.library.register_fake("sparse_optim::gated_sgd_step_")
+    def _gated_sgd_step_fake(params, grads, metas, momentum_buffers, traces, fresh_buffers, kind, scale,
+                             weight_decay, momentum, dampening, nesterov, maximize, trace_decay) -> None:
+        return None
+
+    @torch.library.register_fake("sparse_optim::meta_grad_accumulate_")
+    def _meta_grad_accumulate_fake(meta_grads, outer_grads, traces, metas, scale, gated) -> None:
+        return None
+
+
+def _load() -> Optional[str]:
+    """Build and load the extension; returns why it is unavailable, or None."""
+    global _with_cuda
+    if _ops_already_registered():
+        return None
+    cuda = torch.cuda.is_available()
+    reason = build.missing_prerequisite(cuda)
+    if reason is not None:
+        return reason
+    try:
+        build.build_and_load(cuda)
+    except Exception as error:  # any build or load failure leaves the reference path
+        last_line = (str(error).strip().splitlines() or [""])[-1]
+        return f"building the extension failed: {type(error).__name__}: {last_line}"
+    _with_cuda = cuda
+    _register_fakes()
+    return None
+
+
+def available() -> bool:
+    """Whether the native ops can be used (builds the extension on the first call)."""
+    global _loaded
+    if _loaded is None:
+        with _lock:
+            if _loaded is None:
+                if os.environ.get("SPARSE_OPTIM_NO_BUILD") == "1":
+                    _loaded = False
+                else:
+                    reason = _load()
+                    if reason is not None:
+                        warnings.warn(
+                            f"sparse_optim: native kernels unavailable ({reason}); using the pure-PyTorch "
+                            "reference ops (sparse_optim.ops.reference), which give identical results.",
+                            RuntimeWarning,
+                            stacklevel=2,
+                        )
+                    _loaded = reason is None
+    return _loaded
+
+
+def supports(device_type: str) -> bool:
+    """Whether the native ops have kernels for tensors on ``device_type`` ('cpu', 'cuda', ...)."""
+    if not available():
+        return False
+    return device_type == "cpu" or (device_type == "cuda" and _with_cuda)
+
+
+def gated_sgd_step_(
+    params: List[Tensor],
+    grads: List[Tensor],
+    metas: List[Tensor],
+    momentum_buffers: List[Optional[Tensor]],
+    traces: Optional[List[Tensor]],
+    *,
+    kind: str,
+    scale: float,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+    trace_decay: float = 1.0,
+) -> None:
+    """:func:`sparse_optim.ops.reference.gated_sgd_step_` in one kernel call; None entries of
+    ``momentum_buffers`` are created (filled in the list) when ``momentum != 0``."""
+    if not params:
+        return
+    buffers: List[Tensor] = []
+    fresh: List[bool] = []
+    if momentum != 0:
+        fresh = [b is None for b in momentum_buffers]
+        buffers = [torch.zeros_like(g) if b is None else b for b, g in zip(momentum_buffers, grads)]
+    try:
+        with torch.no_grad():
+            torch.ops.sparse_optim.gated_sgd_step_(
+                params, grads, metas, buffers, traces or [], fresh, kind, scale, weight_decay, momentum,
+                dampening, nesterov, maximize, trace_decay,
+            )
+    except NotImplementedError:  # a dtype combination or device without a kernel; nothing was written
+        reference.gated_sgd_step_(
+            params, grads, metas, momentum_buffers, traces, kind=kind, scale=scale, weight_decay=weight_decay,
+            momentum=momentum, dampening=dampening, nesterov=nesterov, maximize=maximize, trace_decay=trace_decay,
+        )
+        return
+    if momentum != 0:
+        momentum_buffers[:] = buffers
+
+
+def meta_grad_accumulate_(
+    meta_grads: List[Tensor],
+    outer_grads: List[Tensor],
+    traces: List[Tensor],
+    metas: List[Tensor],
+    *,
+    kind: str,
+    scale: float,
+    straight_through: bool,
+) -> None:
+    """:func:`sparse_optim.ops.reference.meta_grad_accumulate_` in one kernel call."""
+    if not meta_grads:
+        return
+    gated = not (kind == "step" or straight_through)  # as in the reference: only relu has a real gate'
+    try:
+        with torch.no_grad():
+            torch.ops.sparse_optim.meta_grad_accumulate_(meta_grads, outer_grads, traces, metas, scale, gated)
+    except NotImplementedError:  # a dtype combination or device without a kernel; nothing was written
+        reference.meta_grad_accumulate_(
+            meta_grads, outer_grads, traces, metas, kind=kind, scale=scale, straight_through=straight_through,
+        )

@@ -1,0 +1,281 @@
+"""Bad input to the gated optimizers: clear errors that name the argument, and a failing call
+changes nothing."""
+import pytest
+import torch
+
+from sparse_optim import LookaheadLRSGD, MaskedSGD, RectifiedLRSGD
+
+ALL = [MaskedSGD, RectifiedLRSGD, LookaheadLRSGD]
+META_LR = {MaskedSGD: "mask_lr", RectifiedLRSGD: "rate_lr", LookaheadLRSGD: "rate_lr"}
+BAD_VALUES = [-0.1, float("nan"), float("inf"), float("-inf")]
+
+
+def _p(*shape, **kw):
+    return torch.randn(*shape, **kw).requires_grad_(True)
+
+
+def _snapshot(params, opt):
+    return [p.detach().clone() for p in params], [m.detach().clone() for m in opt.meta_parameters()]
+
+
+def _unchanged(before, params, opt):
+    ps, ms = before
+    assert all(torch.equal(a, p.detach()) for a, p in zip(ps, params))
+    assert all(torch.equal(a, m.detach()) for a, m in zip(ms, opt.meta_parameters()))
+
+
+@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize("key", ["lr", "meta_lr", "weight_decay", "momentum", "dampening"])
+@pytest.mark.parametrize("value", BAD_VALUES)
+def test_bad_hyperparameters_in_constructor(cls, key, value):
+    name = META_LR[cls] if key == "meta_lr" else key
+    with pytest.raises(ValueError, match=name):
+        cls([_p(3)], **{name: value})
+
+
+@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize("key", ["lr", "meta_lr", "weight_decay", "momentum"])
+def test_bad_hyperparameters_in_add_param_group(cls, key):
+    name = META_LR[cls] if key == "meta_lr" else key
+    opt = cls([_p(3)])
+    with pytest.raises(ValueError, match=name):
+        opt.add_param_group({"params": [_p(2)], name: float("nan")})
+    assert len(opt.param_groups) == 1 and len(opt.meta_parameters()) == 1
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_hyperparameter_of_wrong_type(cls):
+    with pytest.raises(TypeError, match="lr"):
+        cls([_p(3)], lr="0.1")
+    with pytest.raises(TypeError, match="momentum"):
+        cls([_p(3)], momentum=None)
+
+
+@pytest.mark.parametrize("value", [-0.01, 1.01, float("nan"), float("inf")])
+def test_init_sparsity_outside_unit_interval(value):
+    with pytest.raises(ValueError, match="init_sparsity"):
+        MaskedSGD([_p(3)], init_sparsity=value)
+    opt = MaskedSGD([_p(3)])
+    with pytest.raises(ValueError, match="init_sparsity"):
+        opt.add_param_group({"params": [_p(2)], "init_sparsity": value})
+    assert len(opt.param_groups) == 1
+
+
+def test_init_sparsity_bounds_are_accepted():
+    MaskedSGD([_p(3)], init_sparsity=0.0)
+    MaskedSGD([_p(3)], init_sparsity=1.0)
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_nesterov_requires_momentum_and_zero_dampening(cls):
+    with pytest.raises(ValueError, match="nesterov"):
+        cls([_p(3)], nesterov=True)
+    with pytest.raises(ValueError, match="nesterov"):
+        cls([_p(3)], nesterov=True, momentum=0.9, dampening=0.1)
+    cls([_p(3)], nesterov=True, momentum=0.9)
+
+
+def test_unknown_init_choices_and_bad_init_values():
+    with pytest.raises(ValueError, match="mask_init"):
+        MaskedSGD([_p(3)], mask_init="xavier")
+    with pytest.raises(ValueError, match="mask_init_value"):
+        MaskedSGD([_p(3)], mask_init="constant", mask_init_value=float("nan"))
+    with pytest.raises(ValueError, match="rate_init"):
+        RectifiedLRSGD([_p(3)], rate_init="kaiming")
+    with pytest.raises(ValueError, match="rate_init"):
+        LookaheadLRSGD([_p(3)], rate_init="normal")
+    with pytest.raises(ValueError, match="rate_init_range"):
+        RectifiedLRSGD([_p(3)], rate_init="uniform", rate_init_range=(0.2, 0.1))
+    with pytest.raises(ValueError, match="rate_init_range"):
+        RectifiedLRSGD([_p(3)], rate_init="uniform", rate_init_range=(-0.1, 0.1))
+    with pytest.raises(ValueError, match="online_decay"):
+        MaskedSGD([_p(3)], online=True, online_decay=1.5)
+
+
+@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_complex_params_raise_type_error(cls, dtype):
+    with pytest.raises(TypeError, match="complex"):
+        cls([torch.zeros(3, dtype=dtype, requires_grad=True)])
+    model = torch.nn.Linear(2, 2)
+    opt = cls(model.named_parameters())
+    with pytest.raises(TypeError, match="head.weight.*complex"):
+        opt.add_param_group({"params": [("head.weight", torch.zeros(3, dtype=dtype, requires_grad=True))]})
+    assert len(opt.param_groups) == 1 and len(opt.meta_parameters()) == 2
+
+
+@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+def test_integer_params_raise_type_error(cls, dtype):
+    with pytest.raises(TypeError, match="floating point"):
+        cls([torch.zeros(3, dtype=dtype)])
+
+
+def test_error_names_the_parameter():
+    good = torch.nn.Linear(2, 2)
+    bad = torch.zeros(3, dtype=torch.int64)
+    with pytest.raises(TypeError, match="encoder.scale"):
+        MaskedSGD([("weight", good.weight), ("encoder.scale", bad)])
+
+
+def _multi_group(cls, **kw):
+    a, b, c = _p(3, 2), _p(4), _p(2, 2)
+    opt = cls([a], lr=0.1, momentum=0.9, **kw)
+    opt.add_param_group({"params": [b, c], "lr": 0.2})
+    return opt, [a, b, c]
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_sparse_grad_in_second_group_changes_nothing(cls):
+    opt, params = _multi_group(cls)
+    a, b, c = params
+    for p in params:  # build momentum state first
+        p.grad = torch.ones_like(p)
+    opt.step()
+    before = _snapshot(params, opt)
+    bufs = [opt.state[p]["momentum_buffer"].clone() for p in params]
+    a.grad = torch.ones_like(a)
+    b.grad = torch.ones_like(b)
+    c.grad = torch.eye(2).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    _unchanged(before, params, opt)
+    assert all(torch.equal(opt.state[p]["momentum_buffer"], buf) for p, buf in zip(params, bufs))
+    # nor with a meta-step that updates the parameters (La-MAML Eq. 8 path)
+    for m in opt.meta_parameters():
+        m.grad = torch.ones_like(m)
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.meta_step(update_params=True)
+    _unchanged(before, params, opt)
+    assert all(torch.equal(m.grad, torch.ones_like(m)) for m in opt.meta_parameters())
+
+
+def test_sparse_grad_error_names_parameter_and_meta_backward_changes_nothing():
+    emb = torch.nn.Embedding(5, 3, sparse=True)
+    lin = torch.nn.Linear(3, 1)
+    opt = MaskedSGD([("lin.weight", lin.weight), ("lin.bias", lin.bias), ("emb.weight", emb.weight)])
+    lin(emb(torch.tensor([1, 2]))).sum().backward()
+    before = _snapshot([lin.weight, lin.bias, emb.weight], opt)
+    with pytest.raises(RuntimeError, match="emb.weight"):
+        opt.step()
+    _unchanged(before, [lin.weight, lin.bias, emb.weight], opt)
+    opt.zero_grad()
+    with opt.episode():
+        lin.weight.grad = torch.ones_like(lin.weight)
+        opt.step()
+        lin(emb(torch.tensor([1, 2]))).sum().backward()
+        with pytest.raises(RuntimeError, match="sparse"):
+            opt.meta_backward()
+        assert all(m.grad is None for m in opt.meta_parameters())
+
+
+@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize("key", ["lr", "weight_decay", "momentum"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_bad_group_hyperparameter_set_after_construction_step(cls, key, value):
+    opt, params = _multi_group(cls)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    before = _snapshot(params, opt)
+    opt.param_groups[1][key] = value
+    with pytest.raises(ValueError, match=key):
+        opt.step()
+    _unchanged(before, params, opt)
+
+
+@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize("update_params", [False, True])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_bad_meta_lr_set_after_construction_meta_step(cls, update_params, value):
+    """A non-finite / negative meta learning rate must not silently corrupt the meta-parameters."""
+    opt, params = _multi_group(cls)
+    name = META_LR[cls]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    for m in opt.meta_parameters():
+        m.grad = torch.ones_like(m)
+    before = _snapshot(params, opt)
+    opt.param_groups[1][name] = value
+    with pytest.raises(ValueError, match=name):
+        opt.meta_step(update_params=update_params)
+    _unchanged(before, params, opt)
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_bad_lr_set_after_construction_meta_step_with_params(cls):
+    opt, params = _multi_group(cls)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    for m in opt.meta_parameters():
+        m.grad = torch.ones_like(m)
+    before = _snapshot(params, opt)
+    opt.param_groups[0]["lr"] = float("nan")
+    with pytest.raises(ValueError, match="lr"):
+        opt.meta_step(update_params=True)
+    _unchanged(before, params, opt)
+
+
+@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize("where", ["meta_grad", "param_grad"])
+def test_non_finite_gradient_in_meta_step_changes_nothing(cls, where):
+    """Default policy 'skip': a warning, counted in skipped_updates; 'raise': FloatingPointError."""
+    for policy in ("skip", "raise"):
+        a, b, c = _p(3, 2), _p(4), _p(2, 2)
+        opt = cls([a], lr=0.1, nonfinite=policy)
+        opt.add_param_group({"params": [b, c], "lr": 0.2})
+        params = [a, b, c]
+        for p in params:
+            p.grad = torch.ones_like(p)
+        ms = opt.meta_parameters()
+        for m in ms:
+            m.grad = torch.ones_like(m)
+        if where == "meta_grad":
+            ms[2].grad[0] = float("nan")
+        else:
+            c.grad[0, 0] = float("inf")
+        before = _snapshot(params, opt)
+        if policy == "skip":
+            with pytest.warns(RuntimeWarning, match="non-finite"):
+                opt.meta_step(update_params=True)
+            assert opt.skipped_updates == 1
+        else:
+            with pytest.raises(FloatingPointError, match="non-finite"):
+                opt.meta_step(update_params=True)
+        _unchanged(before, params, opt)
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_non_finite_outer_gradient_in_meta_backward_changes_nothing(cls):
+    p, q = _p(3), _p(2)
+    opt = cls([p, q], lr=0.1)
+    before = _snapshot([p, q], opt)
+    with opt.episode():
+        p.grad, q.grad = torch.ones(3), torch.ones(2)
+        opt.step()
+        p.grad, q.grad = torch.ones(3), torch.tensor([1.0, float("nan")])
+        with pytest.warns(RuntimeWarning, match="non-finite"):
+            opt.meta_backward()
+    assert all(m.grad is None for m in opt.meta_parameters())
+    assert p.grad is None and q.grad is None  # no outer gradient was recorded
+    _unchanged(before, [p, q], opt)
+
+
+def test_add_param_group_validates_init_choices():
+    """Per-group init options must be checked like the constructor's (not silently ignored)."""
+    opt = MaskedSGD([_p(3)])
+    with pytest.raises(ValueError, match="mask_init"):
+        opt.add_param_group({"params": [_p(2)], "mask_init": "xavier"})
+    with pytest.raises(ValueError, match="mask_init_value"):
+        opt.add_param_group({"params": [_p(2)], "mask_init": "constant", "mask_init_value": float("nan")})
+    assert len(opt.param_groups) == 1 and len(opt.meta_parameters()) == 1
+    r = RectifiedLRSGD([_p(3)])
+    with pytest.raises(ValueError, match="rate_init"):
+        r.add_param_group({"params": [_p(2)], "rate_init": "normal"})
+    assert len(r.param_groups) == 1
+
+
+def test_malformed_init_arguments_name_the_argument():
+    with pytest.raises(TypeError, match="mask_init_value"):
+        MaskedSGD([_p(3)], mask_init="constant", mask_init_value="0.5")
+    with pytest.raises(ValueError, match="rate_init_range"):
+        RectifiedLRSGD([_p(3)], rate_init="uniform", rate_init_range=(0.1,))
