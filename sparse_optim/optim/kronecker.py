@@ -161,7 +161,7 @@ class KroneckerSGD(MetaOptimizer):
             factors = self._factors(p, group)
             self._apply(p, group["lr"] * self._transform(group, d, factors))
             if record or adapt:
-                entry = (d.detach().clone(), factors if (self._episode is not None and adapt) else None)
+                entry = (d.detach().to(meta_dtype(p), copy=True), factors if (self._episode is not None and adapt) else None)
                 if self._episode is not None:
                     self._traces.setdefault(p, []).append(entry)
                 else:
