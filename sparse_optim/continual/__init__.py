@@ -5,6 +5,7 @@ from sparse_optim.continual.metrics import (
     forward_transfer,
     retained_accuracy,
 )
+from sparse_optim.continual.learners import LaMAMLLearner, ReplayLearner
 from sparse_optim.continual.replay import ReservoirBuffer
 from sparse_optim.continual.streams import (
     Task,
@@ -18,6 +19,8 @@ from sparse_optim.continual.streams import (
 
 __all__ = [
     "ReservoirBuffer",
+    "LaMAMLLearner",
+    "ReplayLearner",
     "AccuracyMatrix",
     "retained_accuracy",
     "backward_transfer",
