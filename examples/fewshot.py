@@ -77,6 +77,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -84,6 +85,7 @@ from tqdm import tqdm
 
 import sparse_optim as so
 from sparse_optim.data import FewShotSampler
+from sparse_optim.distributed import all_reduce_gradients
 from sparse_optim.functional.kronecker import init_factors, kronecker_sgd
 from sparse_optim.models import SCNN, ConvNet4, count_parameters
 
@@ -197,6 +199,8 @@ class FirstOrderLearner:
                 self.opt.meta_backward()  # first-order meta-gradients (sparse-MAML Eq. 5 / 9 / 10)
             losses.append(loss.item())
             accs.append((logits.argmax(1) == ep.query_y).float().mean().item())
+        if dist.is_initialized():  # --distributed: tasks split across ranks, average the gradients
+            all_reduce_gradients(list(self.model.parameters()) + self.meta_params)
         self.outer.step()
         return float(np.mean(losses)), float(np.mean(accs))
 
@@ -356,7 +360,8 @@ def run_one(cfg: Dict[str, Any], args, data, out: Path) -> Dict[str, Any]:
     model = build_model(model_kind, channels, size, args)
     learner_cls = FirstOrderLearner if method in SPARSE_FAMILY else SecondOrderLearner
     learner = learner_cls(method, model, args, inner_lr)
-    sampler = make_sampler(train_classes, args, seed=seed)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    sampler = make_sampler(train_classes, args, seed=seed + 1000 * rank)  # each rank its own tasks
     history: Dict[str, Any] = {"eval": [], "sparsity": [], "train": []}
     start_it, train_seconds = 0, 0.0
     ckpt = out / "checkpoints" / f"{name}.pt"
@@ -375,7 +380,7 @@ def run_one(cfg: Dict[str, Any], args, data, out: Path) -> Dict[str, Any]:
 
     if start_it == 0:
         log_sparsity(0)
-    bar = tqdm(range(start_it, args.iterations), desc=name, leave=False, disable=args.no_progress,
+    bar = tqdm(range(start_it, args.iterations), desc=name, leave=False, disable=args.no_progress or rank != 0,
                initial=start_it, total=args.iterations, mininterval=2.0)
     acc_window: List[float] = []
     for it in bar:
@@ -393,7 +398,7 @@ def run_one(cfg: Dict[str, Any], args, data, out: Path) -> Dict[str, Any]:
             pre, post = evaluate_episodes(learner, eval_classes, args, args.eval_episodes, test_steps, seed=4242)
             history["eval"].append({"iteration": done, "pre": float(np.mean(pre)), "post": float(np.mean(post))})
             bar.set_postfix(acc=f"{np.mean(post):.3f}")
-        if args.checkpoint_every and (done % args.checkpoint_every == 0 or done == args.iterations):
+        if rank == 0 and args.checkpoint_every and (done % args.checkpoint_every == 0 or done == args.iterations):
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"iteration": done, "learner": learner.state_dict(), "rng": _rng_state(sampler),
                         "history": history, "train_seconds": train_seconds, "config": cfg}, ckpt)
@@ -413,8 +418,9 @@ def run_one(cfg: Dict[str, Any], args, data, out: Path) -> Dict[str, Any]:
                   train_seconds=train_seconds,
                   seconds_per_iteration=train_seconds / max(args.iterations, 1),
                   resumed_at=start_it or None, iterations_this_process=iterations_run, history=history)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    (out / "runs" / f"{name}.json").write_text(json.dumps(result, indent=1))
+    if rank == 0:
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+        (out / "runs" / f"{name}.json").write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -551,6 +557,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="the papers' settings: 15 queries, K_train 35 / K_test 100 (sparse family), meta-batch "
                         "4 (1-shot) or 2 (5-shot), 40,000 iterations, E = 1600, 300 test episodes")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--distributed", action="store_true",
+                   help="task-parallel meta-training across processes launched by torchrun "
+                        "(first-order family; gradients averaged with sparse_optim.distributed)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--summarize-all", action="store_true",
                    help="summary and plots over every run JSON in --out/runs, not only this invocation's")
@@ -598,6 +607,18 @@ def print_table(results) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.distributed:
+        if any(m not in SPARSE_FAMILY for m in args.methods):
+            raise SystemExit("--distributed supports the first-order methods: " + ", ".join(SPARSE_FAMILY))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        return _main(args)
+    finally:
+        if args.distributed:
+            dist.destroy_process_group()
+
+
+def _main(args) -> Dict[str, Any]:
     data = load_dataset(args.dataset, args.data_root)
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -615,6 +636,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         for path in sorted((args.out / "runs").glob("*.json")):
             if path.stem not in names:
                 results.append(json.loads(path.read_text()))
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return {"runs": results}
     print_table(results)
     summary = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "runs": [{k: v for k, v in r.items() if k not in ("test_post_per_episode", "test_pre_per_episode")}

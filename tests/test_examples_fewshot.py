@@ -153,3 +153,21 @@ def test_fewshot_checkpoint_resume_round_trip(fewshot, tmp_path, method):
     # a finished run is skipped by --resume
     again = fewshot.main(base + ["--iterations", "4", "--resume", "--out", str(tmp_path / "b")])["runs"][0]
     assert again["test_accuracy"] == resumed["test_accuracy"]
+
+
+def test_fewshot_distributed_with_torchrun(tmp_path):
+    """--distributed: two processes launched by torchrun (gloo, loopback) meta-train one model."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(EXAMPLES / "fewshot.py"), "--distributed", *FS_SMALL, "--iterations", "2",
+           "--methods", "sparse-maml", "--models", "scnn", "--out", str(out)]
+    env = dict(os.environ, SPARSE_OPTIM_BACKEND="reference", OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["method"] for r in summary["runs"]] == ["sparse-maml"]
+    assert not list(out.glob("rank*"))  # only rank 0 writes
