@@ -14,8 +14,16 @@ import sparse_optim as so
 from sparse_optim.functional.gated import lookahead_sgd, masked_sgd, rectified_sgd
 from sparse_optim.functional.kronecker import init_factors, kronecker_sgd
 
-torch.set_default_dtype(torch.float64)
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """gradcheck needs float64; restore the default for the rest of the suite."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def tiny_problem(seed=0):
