@@ -23,7 +23,7 @@ from typing import List, MutableMapping, Optional
 EXTENSION_NAME = "sparse_optim_native"
 CPU_SOURCES = ("bindings.cpp", "flat_operands.cpp", "gated_ops.cpp", "gated_cpu.cpp")
 CUDA_SOURCES = ("gated_cuda.cu",)
-NVCC_FLAGS = ["-O3"]
+NVCC_FLAGS = ["-O3", "--fmad=false"]  # the kernels place their fused multiply-adds explicitly
 DEFAULT_CUDA_ARCHS = "8.0"
 
 _PACKAGE = Path(__file__).resolve().parents[1]
@@ -42,11 +42,12 @@ def sources(cuda: bool) -> List[str]:
 
 def cxx_flags() -> List[str]:
     """Optimisation flags, and OpenMP where torch's at::parallel_for (inlined into the kernels) is
-    built on it. -fno-trapping-math lets g++ turn the kernels' selects into vector blends."""
+    built on it. -fno-trapping-math lets g++ turn the kernels' selects into vector blends;
+    -ffp-contract=off keeps it from fusing multiply-adds the kernels place explicitly."""
     import torch
 
     openmp = "-fopenmp" if torch.backends.openmp.is_available() else "-fopenmp-simd"
-    return ["-O3", "-fno-trapping-math", openmp]
+    return ["-O3", "-fno-trapping-math", "-ffp-contract=off", openmp]
 
 
 def link_flags() -> List[str]:
@@ -141,7 +142,7 @@ def cuda_build_check(out_dir: Optional[str] = None, verbose: bool = False) -> Pa
     """Compile the CPU and CUDA sources with g++ / nvcc and link them (``--no-undefined``) into a
     shared library under ``out_dir`` (default: a temporary directory), without loading it.
 
-    Returns the library's path; raises RuntimeError with the compiler output if the build fails.
+    Returns the library's path; raises RuntimeError with the end of the build log if it fails.
     """
     reason = missing_prerequisite(cuda=True)
     if reason is not None:
@@ -154,10 +155,11 @@ def cuda_build_check(out_dir: Optional[str] = None, verbose: bool = False) -> Pa
     env.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)  # no GPU to detect the architecture from
     cmd = [sys.executable, "-c", _SETUP_SCRIPT, json.dumps(config)]
     result = subprocess.run(cmd, env=env, cwd=out_dir, capture_output=True, text=True)
-    if verbose or result.returncode != 0:
-        print(result.stdout + result.stderr, file=sys.stderr)
+    log = result.stdout + result.stderr
+    if verbose:
+        print(log, file=sys.stderr)
     if result.returncode != 0:
-        raise RuntimeError(f"CUDA build check failed (exit code {result.returncode}), see the output above")
+        raise RuntimeError(f"CUDA build check failed (exit code {result.returncode}):\n{log[-6000:]}")
     libraries = sorted(Path(out_dir).glob(f"{EXTENSION_NAME}_cuda_check*.so"))
     if not libraries:
         raise RuntimeError(f"CUDA build check: the build succeeded but produced no library in {out_dir}")
@@ -166,7 +168,8 @@ def cuda_build_check(out_dir: Optional[str] = None, verbose: bool = False) -> Pa
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sparse_optim.ops.build", description=__doc__.split("\n")[0])
-    parser.add_argument("--cuda-check", action="store_true", help="also compile and link the CUDA sources (no GPU needed)")
+    parser.add_argument("--cuda-check", action="store_true",
+                        help="also compile and link the CUDA sources (no GPU needed)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
 
@@ -180,7 +183,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     build_and_load(cuda, verbose=args.verbose)
     print(f"built and loaded {EXTENSION_NAME} ({'CPU + CUDA' if cuda else 'CPU'} kernels)")
     if args.cuda_check:
-        library = cuda_build_check(verbose=args.verbose)
+        try:
+            library = cuda_build_check(verbose=args.verbose)
+        except RuntimeError as error:
+            print(error, file=sys.stderr)
+            return 1
         print(f"CUDA build check passed: {library}")
     return 0
 

@@ -9,6 +9,7 @@ Dtype combinations without a kernel (see ``csrc/dispatch.h``) run on the referen
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import warnings
@@ -48,10 +49,11 @@ def _load() -> Optional[str]:
     if _ops_already_registered():
         return None
     cuda = torch.cuda.is_available()
-    reason = build.missing_prerequisite(cuda)
-    if reason is not None:
-        return reason
     try:
+        reason = build.missing_prerequisite(cuda)
+        if reason is not None:
+            return reason
+        logging.getLogger(__name__).info("loading the native kernels (compiled on first use, a minute or two)")
         build.build_and_load(cuda)
     except Exception as error:  # any build or load failure leaves the reference path
         last_line = (str(error).strip().splitlines() or [""])[-1]

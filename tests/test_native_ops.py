@@ -1,0 +1,423 @@
+"""The native kernels (csrc/) against the reference ops, their executable specification."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+from typing import Dict, List, Optional
+from unittest import mock
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sparse_optim
+from sparse_optim import ops
+from sparse_optim.ops import native, reference
+
+needs_native = pytest.mark.skipif(not native.available(), reason="native extension not available")
+needs_cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and native.supports("cuda")), reason="needs a GPU and the CUDA kernels"
+)
+
+# (parameter dtype, meta-parameter / trace dtype) pairs with kernels
+DTYPE_PAIRS = [
+    (torch.float32, torch.float32),
+    (torch.float64, torch.float64),
+    (torch.bfloat16, torch.float32),
+    (torch.float16, torch.float32),
+    (torch.bfloat16, torch.bfloat16),
+    (torch.float16, torch.float16),
+]
+SHAPES = [(), (0,), (1,), (7,), (3, 0), (5, 4), (2, 3, 4), (33, 17), (1, 130)]
+LAYOUTS = ["contiguous", "transposed", "strided"]
+
+
+# float32 / float64 kernels round exactly like the reference's torch ops where those use FMA
+BIT_EXACT_CPU = (platform.machine() in ("x86_64", "AMD64")
+                 and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"))
+
+
+def tolerances(dtype: torch.dtype, exact: bool = False) -> Dict[str, float]:
+    """Bit-exact where `exact`; else reference and kernels round at different points (for bfloat16
+    / float16 the reference rounds after every op, the kernels once from float32)."""
+    if exact:
+        return dict(rtol=0.0, atol=0.0)
+    return {
+        torch.float64: dict(rtol=1e-12, atol=1e-12),
+        torch.float32: dict(rtol=1e-5, atol=1e-6),
+        torch.float16: dict(rtol=2e-3, atol=4e-3),
+        torch.bfloat16: dict(rtol=2e-2, atol=3e-2),
+    }[dtype]
+
+
+def make(shape, dtype, layout: str, gen: torch.Generator, device="cpu") -> torch.Tensor:
+    """A tensor of `shape` in the given memory layout: contiguous, dense but permuted, or strided."""
+    def randn(size):
+        return torch.randn(size, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+
+    if layout == "transposed" and len(shape) >= 2:
+        return randn(tuple(reversed(shape))).permute(*reversed(range(len(shape))))
+    if layout == "strided" and len(shape) >= 1:
+        return randn((2 * shape[0],) + tuple(shape[1:]))[::2]
+    return randn(shape)
+
+
+def with_exact_zeros(m: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Meta-parameters with some exact zeros, where 1[m >= 0] and 1[m > 0] differ."""
+    if m.numel():
+        zero = torch.rand(m.shape, generator=gen) < 0.2
+        m[zero.to(m.device)] = 0
+    return m
+
+
+def clone_list(tensors: Optional[List[Optional[torch.Tensor]]]):
+    return None if tensors is None else [None if t is None else t.clone() for t in tensors]
+
+
+def assert_lists_close(actual, expected, dtype, what, exact=False):
+    assert len(actual) == len(expected), what
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert a is not None and e is not None, f"{what}[{i}]"
+        assert a.dtype == e.dtype and a.shape == e.shape, f"{what}[{i}]"
+        torch.testing.assert_close(a, e, **tolerances(dtype, exact), msg=lambda m: f"{what}[{i}]: {m}")
+
+
+def bit_exact(dtypes) -> bool:
+    """Whether CPU kernels must reproduce the reference exactly for these (param, meta) dtypes."""
+    p_dtype, m_dtype = dtypes
+    return BIT_EXACT_CPU and p_dtype == m_dtype and p_dtype in (torch.float32, torch.float64)
+
+
+step_cases = st.fixed_dictionaries(
+    {
+        "dtypes": st.sampled_from(DTYPE_PAIRS),
+        "shapes": st.lists(st.sampled_from(SHAPES), min_size=1, max_size=4),
+        "layouts": st.lists(st.sampled_from(LAYOUTS), min_size=5, max_size=5),
+        "kind": st.sampled_from(["step", "relu"]),
+        "scale": st.sampled_from([0.1, 1.0, 0.37]),
+        "weight_decay": st.sampled_from([0.0, 0.01]),
+        "momentum": st.sampled_from([0.0, 0.9]),
+        "dampening": st.sampled_from([0.0, 0.1]),
+        "nesterov": st.booleans(),
+        "maximize": st.booleans(),
+        "trace_decay": st.sampled_from([1.0, 0.5, 0.0]),
+        "with_traces": st.booleans(),
+        "fresh_buffers": st.lists(st.booleans(), min_size=4, max_size=4),
+        "seed": st.integers(0, 2**31 - 1),
+    }
+)
+
+
+def step_inputs(case, device="cpu"):
+    p_dtype, m_dtype = case["dtypes"]
+    gen = torch.Generator().manual_seed(case["seed"])
+    lay = dict(zip(["params", "grads", "metas", "buffers", "traces"], case["layouts"]))
+    shapes = case["shapes"]
+    params = [make(s, p_dtype, lay["params"], gen, device) for s in shapes]
+    grads = [make(s, p_dtype, lay["grads"], gen, device) for s in shapes]
+    metas = [with_exact_zeros(make(s, m_dtype, lay["metas"], gen, device), gen) for s in shapes]
+    buffers = [None if fresh else make(s, p_dtype, lay["buffers"], gen, device)
+               for s, fresh in zip(shapes, case["fresh_buffers"])]
+    traces = [make(s, m_dtype, lay["traces"], gen, device) for s in shapes] if case["with_traces"] else None
+    hyper = {k: case[k] for k in ("kind", "scale", "weight_decay", "momentum", "dampening", "nesterov", "maximize",
+                                  "trace_decay")}
+    return params, grads, metas, buffers, traces, hyper
+
+
+class _NoFallback:
+    def __getattr__(self, name):
+        raise AssertionError(f"native.{name} fell back to the reference ops")
+
+
+def kernels_only():
+    """Within the block, the native wrappers may not fall back to the reference ops."""
+    return mock.patch.object(native, "reference", _NoFallback())
+
+
+def run_both(case, device="cpu"):
+    params, grads, metas, buffers, traces, hyper = step_inputs(case, device)
+    ref = [clone_list(x) for x in (params, grads, metas, buffers, traces)]
+    reference.gated_sgd_step_(*ref, **hyper)
+    with kernels_only():
+        native.gated_sgd_step_(params, grads, metas, buffers, traces, **hyper)
+    return (params, buffers, traces), (ref[0], ref[3], ref[4])
+
+
+@needs_native
+@settings(max_examples=300, deadline=None)
+@given(step_cases)
+def test_gated_sgd_step_matches_reference(case):
+    (params, buffers, traces), (ref_params, ref_buffers, ref_traces) = run_both(case)
+    p_dtype, _ = case["dtypes"]
+    exact = bit_exact(case["dtypes"])
+    assert_lists_close(params, ref_params, p_dtype, "params", exact)
+    if case["momentum"]:
+        assert_lists_close(buffers, ref_buffers, p_dtype, "momentum_buffers", exact)
+    else:
+        assert [b is None for b in buffers] == case["fresh_buffers"][: len(buffers)]
+    if traces is not None:  # the reference rounds d to the parameter dtype before accumulating it
+        assert_lists_close(traces, ref_traces, p_dtype, "traces", exact)
+
+
+meta_grad_cases = st.fixed_dictionaries(
+    {
+        "dtypes": st.sampled_from(DTYPE_PAIRS),
+        "shapes": st.lists(st.sampled_from(SHAPES), min_size=1, max_size=4),
+        "layouts": st.lists(st.sampled_from(LAYOUTS), min_size=4, max_size=4),
+        "kind": st.sampled_from(["step", "relu"]),
+        "straight_through": st.booleans(),
+        "scale": st.sampled_from([0.1, -0.5, 1.0]),
+        "alias_meta_grads": st.booleans(),
+        "seed": st.integers(0, 2**31 - 1),
+    }
+)
+
+
+@needs_native
+@settings(max_examples=200, deadline=None)
+@given(meta_grad_cases)
+def test_meta_grad_accumulate_matches_reference(case):
+    g_dtype, m_dtype = case["dtypes"]
+    gen = torch.Generator().manual_seed(case["seed"])
+    lay = case["layouts"]
+    shapes = case["shapes"]
+    metas = [with_exact_zeros(make(s, m_dtype, lay[3], gen), gen) for s in shapes]
+    # online hypergradient steps pass the meta-parameters themselves as meta_grads
+    meta_grads = metas if case["alias_meta_grads"] else [make(s, m_dtype, lay[0], gen) for s in shapes]
+    outer = [make(s, g_dtype, lay[1], gen) for s in shapes]
+    traces = [make(s, m_dtype, lay[2], gen) for s in shapes]
+    hyper = {k: case[k] for k in ("kind", "scale", "straight_through")}
+
+    ref_metas = clone_list(metas)
+    ref_meta_grads = ref_metas if case["alias_meta_grads"] else clone_list(meta_grads)
+    reference.meta_grad_accumulate_(ref_meta_grads, clone_list(outer), clone_list(traces), ref_metas, **hyper)
+    with kernels_only():
+        native.meta_grad_accumulate_(meta_grads, outer, traces, metas, **hyper)
+    exact = bit_exact(case["dtypes"])
+    assert_lists_close(meta_grads, ref_meta_grads, m_dtype, "meta_grads", exact)
+    assert_lists_close(metas, ref_metas, m_dtype, "metas", exact)
+
+
+@needs_native
+def test_large_tensors_split_over_threads_match_reference():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        case = dict(dtypes=(torch.float32, torch.float32), shapes=[(100_003,), (257, 513), (3,)],
+                    layouts=["contiguous"] * 5, kind="relu", scale=0.5, weight_decay=0.01, momentum=0.9,
+                    dampening=0.1, nesterov=False, maximize=True, trace_decay=0.5, with_traces=True,
+                    fresh_buffers=[True, False, True, False], seed=3)
+        (params, buffers, traces), (ref_params, ref_buffers, ref_traces) = run_both(case)
+        exact = bit_exact(case["dtypes"])
+        assert_lists_close(params, ref_params, torch.float32, "params", exact)
+        assert_lists_close(buffers, ref_buffers, torch.float32, "momentum_buffers", exact)
+        assert_lists_close(traces, ref_traces, torch.float32, "traces", exact)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_native
+def test_unsupported_dtype_pair_falls_back_to_reference():
+    params, grads = [torch.randn(5)], [torch.randn(5)]
+    metas = [torch.randn(5, dtype=torch.float64)]  # float32 params with float64 metas: no kernel
+    expected = clone_list(params)
+    reference.gated_sgd_step_(expected, clone_list(grads), clone_list(metas), [None], None, kind="step", scale=0.1)
+    native.gated_sgd_step_(params, grads, metas, [None], None, kind="step", scale=0.1)
+    assert torch.equal(params[0], expected[0])
+
+
+@needs_native
+def test_momentum_buffers_created_in_callers_list():
+    params, grads, metas = [torch.randn(4, 3)], [torch.randn(3, 4).t()], [torch.randn(4, 3)]
+    buffers: List[Optional[torch.Tensor]] = [None]
+    with kernels_only():
+        native.gated_sgd_step_(params, grads, metas, buffers, None, kind="step", scale=0.1, momentum=0.9)
+    assert torch.equal(buffers[0], grads[0])  # a fresh buffer is the first direction
+    assert buffers[0] is not grads[0]
+
+
+@needs_native
+def test_written_tensors_get_new_versions():
+    p, g, m, t = (torch.randn(6) for _ in range(4))
+    before = p._version, t._version, m._version
+    native.gated_sgd_step_([p], [g], [m], [None], [t], kind="relu", scale=1.0)
+    assert p._version > before[0] and t._version > before[1] and m._version == before[2]
+
+
+@needs_native
+def test_unknown_gate_kind_is_rejected():
+    with pytest.raises(ValueError, match="kind"):
+        native.gated_sgd_step_([torch.zeros(2)], [torch.zeros(2)], [torch.zeros(2)], [None], None,
+                               kind="sigmoid", scale=1.0)
+
+
+def opcheck_step_args(momentum: float, with_traces: bool):
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(3, 4), (5,)]
+    params = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [torch.randn(s, generator=gen) for s in shapes]
+    metas = [torch.randn(s, generator=gen) for s in shapes]
+    buffers = [torch.zeros(s) for s in shapes] if momentum else []
+    fresh = [True, False] if momentum else []
+    traces = [torch.zeros(s) for s in shapes] if with_traces else []
+    return (params, grads, metas, buffers, traces, fresh, "relu", 0.5, 0.01, momentum, 0.0, False, False, 1.0)
+
+
+@needs_native
+@pytest.mark.parametrize("momentum,with_traces", [(0.0, False), (0.9, True)])
+def test_opcheck_gated_sgd_step(momentum, with_traces):
+    # All default sub-tests (schema mutation annotations, autograd registration, fake tensor,
+    # AOT dispatch) apply: the op is in-place and returns nothing.
+    torch.library.opcheck(torch.ops.sparse_optim.gated_sgd_step_.default, opcheck_step_args(momentum, with_traces))
+
+
+@needs_native
+@pytest.mark.parametrize("gated", [False, True])
+def test_opcheck_meta_grad_accumulate(gated):
+    gen = torch.Generator().manual_seed(1)
+    lists = [[torch.randn(s, generator=gen) for s in [(2, 3), (4,)]] for _ in range(4)]
+    torch.library.opcheck(torch.ops.sparse_optim.meta_grad_accumulate_.default, (*lists, 0.3, gated))
+
+
+@needs_native
+def test_backend_reports_native_cpu_unless_forced():
+    assert ops.backend() == "cpu"
+    with ops.use_backend("reference"):
+        assert ops.backend() == "reference"
+    assert ops.backend() == "cpu"
+
+
+def tiny_model():
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+
+
+def run_meta_learning(opt_factory, backend: str, episodes: int = 3, inner_steps: int = 3):
+    """Parameters, meta-parameters and in-episode traces after first-order meta-learning."""
+    torch.manual_seed(0)
+    model = tiny_model()
+    opt = opt_factory(model)
+    xs, ys = torch.randn(episodes, 2, 10, 6), torch.randint(0, 3, (episodes, 2, 10))
+    loss_fn = torch.nn.functional.cross_entropy
+    traces = []
+    with ops.use_backend(backend):
+        for e in range(episodes):
+            with opt.episode():
+                for _ in range(inner_steps):
+                    opt.zero_grad()
+                    loss_fn(model(xs[e, 0]), ys[e, 0]).backward()
+                    opt.step()
+                opt.zero_grad()
+                loss_fn(model(xs[e, 1]), ys[e, 1]).backward()
+                opt.meta_backward()
+                traces.append({n: opt._traces[p].clone() for n, p in model.named_parameters()})
+            opt.meta_step()
+    return dict(model.named_parameters()), dict(opt.named_meta_parameters()), traces
+
+
+def run_online(opt_factory, backend: str, steps: int = 5):
+    torch.manual_seed(0)
+    model = tiny_model()
+    opt = opt_factory(model)
+    x, y = torch.randn(steps, 10, 6), torch.randint(0, 3, (steps, 10))
+    with ops.use_backend(backend):
+        for k in range(steps):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[k]), y[k]).backward()
+            opt.step()
+    return dict(model.named_parameters()), dict(opt.named_meta_parameters()), []
+
+
+OPTIMIZERS = {
+    "masked": lambda m: sparse_optim.MaskedSGD(m.named_parameters(), lr=0.1, mask_lr=0.05),
+    "masked_momentum": lambda m: sparse_optim.MaskedSGD(m.named_parameters(), lr=0.1, momentum=0.9,
+                                                        nesterov=True, weight_decay=1e-3),
+    "rectified": lambda m: sparse_optim.RectifiedLRSGD(m.named_parameters(), lr=0.1, rate_lr=0.05,
+                                                       rate_init="uniform", dampening=0.1, momentum=0.5),
+    "lookahead": lambda m: sparse_optim.LookaheadLRSGD(m.named_parameters(), lr=0.15, rate_lr=0.3),
+}
+ONLINE = {
+    "masked_online": lambda m: sparse_optim.MaskedSGD(m.named_parameters(), lr=0.1, mask_lr=0.5, online=True,
+                                                      online_decay=0.5, momentum=0.9),
+    "rectified_online": lambda m: sparse_optim.RectifiedLRSGD(m.named_parameters(), lr=0.1, rate_lr=0.5,
+                                                              online=True, straight_through=False),
+}
+
+
+@needs_native
+@pytest.mark.parametrize("name", [*OPTIMIZERS, *ONLINE])
+def test_optimizers_agree_on_both_backends(name):
+    run = run_meta_learning if name in OPTIMIZERS else run_online
+    factory = {**OPTIMIZERS, **ONLINE}[name]
+    native_result, reference_result = run(factory, "cpu"), run(factory, "reference")
+    tol = tolerances(torch.float32, exact=BIT_EXACT_CPU)
+    for native_part, reference_part in zip(native_result, reference_result):
+        if isinstance(native_part, list):  # traces per episode
+            for a, b in zip(native_part, reference_part):
+                for key in a:
+                    torch.testing.assert_close(a[key], b[key], **tol)
+            continue
+        assert native_part.keys() == reference_part.keys()
+        for key in native_part:
+            torch.testing.assert_close(native_part[key], reference_part[key], **tol, msg=key)
+
+
+@needs_cuda
+@settings(max_examples=100, deadline=None)
+@given(step_cases)
+def test_cuda_gated_sgd_step_matches_reference(case):
+    (params, buffers, traces), (ref_params, ref_buffers, ref_traces) = run_both(case, device="cuda")
+    p_dtype, _ = case["dtypes"]
+    assert_lists_close(params, ref_params, p_dtype, "params")
+    if case["momentum"]:
+        assert_lists_close(buffers, ref_buffers, p_dtype, "momentum_buffers")
+    if traces is not None:
+        assert_lists_close(traces, ref_traces, p_dtype, "traces")
+
+
+@needs_cuda
+@pytest.mark.parametrize("gated", [False, True])
+def test_cuda_meta_grad_accumulate_matches_reference(gated):
+    gen = torch.Generator().manual_seed(2)
+    lists = [[torch.randn(s, generator=gen).cuda() for s in [(300_000,), (7, 9), (0,)]] for _ in range(4)]
+    expected = [clone_list(lst) for lst in lists]
+    kind = "relu" if gated else "step"
+    reference.meta_grad_accumulate_(*expected, kind=kind, scale=0.3, straight_through=False)
+    with kernels_only():
+        native.meta_grad_accumulate_(*lists, kind=kind, scale=0.3, straight_through=False)
+    assert_lists_close(lists[0], expected[0], torch.float32, "meta_grads")
+
+
+def run_python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env={**os.environ, **env}, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+FALLBACK_SCRIPT = """
+    import warnings
+    import torch
+    from sparse_optim import ops
+    from sparse_optim.ops import native
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        print(native.available(), native.available(), ops.backend())
+        p = [torch.ones(3)]
+        ops.gated_sgd_step_(p, [torch.ones(3)], [torch.zeros(3)], [None], None, kind="step", scale=0.5)
+        print(p[0].tolist())
+    print(sum("native kernels unavailable" in str(w.message) for w in caught))
+"""
+
+
+def test_no_build_switch_uses_reference_silently():
+    result = run_python(FALLBACK_SCRIPT, SPARSE_OPTIM_NO_BUILD="1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:3] == ["False False reference", "[0.5, 0.5, 0.5]", "0"]
+
+
+def test_missing_compiler_warns_once_and_uses_reference():
+    result = run_python(FALLBACK_SCRIPT, CXX="/nonexistent/c++")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:3] == ["False False reference", "[0.5, 0.5, 0.5]", "1"]
