@@ -15,6 +15,7 @@ import torch
 from higher.optim import DifferentiableOptimizer
 
 from ..functional.gated import gated_update
+from ..ops.autograd import gated_update as fused_gated_update
 from ..functional.kronecker import kronecker_transform, kronecker_update
 from ..functional.sgd import sgd_direction
 from ..optim import KroneckerSGD, LookaheadLRSGD, MaskedSGD, RectifiedLRSGD, StochasticMaskedSGD
@@ -55,7 +56,9 @@ class DifferentiableGatedSGD(_MetaDifferentiableOptimizer):
                 if g is None:
                     continue
                 d = self._direction(group, group_idx, p_idx, p, g)
-                group["params"][p_idx] = gated_update(
+                # fused kernel for a numeric scale; a tensor scale (higher override) stays functional
+                update = gated_update if isinstance(scale, Tensor) else fused_gated_update
+                group["params"][p_idx] = update(
                     p, d, self._logits(group_idx, p_idx), kind=src.gate_kind, scale=scale,
                     straight_through=group.get("straight_through", True),
                 )

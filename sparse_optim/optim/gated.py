@@ -12,7 +12,7 @@ import torch
 
 from .. import ops
 from .._validation import check_choice, check_fraction, check_rate, check_real, meta_dtype
-from ..functional.gated import gated_step
+from ..ops.autograd import gated_update as fused_gated_update
 from ..functional.gates import frozen
 from ..functional.sgd import sgd_direction
 from .base import MetaOptimizer
@@ -65,9 +65,8 @@ class _GatedSGD(MetaOptimizer):
             if buf is not None:
                 state["momentum_buffer"] = buf
             m = self._logits(p)
-            step = gated_step(d, m, kind=self.gate_kind, scale=self._scale(group),
-                              straight_through=self._straight_through(group))
-            p.sub_(step.to(p.dtype))
+            p.copy_(fused_gated_update(p, d, m, kind=self.gate_kind, scale=self._scale(group),
+                                       straight_through=self._straight_through(group)))
             if record:
                 self._trace(p, m).add_(d.detach().to(m.dtype))
 
