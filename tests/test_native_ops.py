@@ -285,10 +285,11 @@ def test_opcheck_meta_grad_accumulate(gated):
 
 @needs_native
 def test_backend_reports_native_cpu_unless_forced():
-    assert ops.backend() == "cpu"
-    with ops.use_backend("reference"):
-        assert ops.backend() == "reference"
-    assert ops.backend() == "cpu"
+    with ops.use_backend("auto"):
+        assert ops.backend() == "cpu"
+        with ops.use_backend("reference"):
+            assert ops.backend() == "reference"
+        assert ops.backend() == "cpu"
 
 
 def tiny_model():
