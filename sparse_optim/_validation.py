@@ -9,6 +9,8 @@ import torch
 
 def check_rate(name: str, value: Any, *, allow_zero: bool = True) -> float:
     """A finite, non-negative real number (a learning rate, weight decay, ...)."""
+    if type(value) is float and 0.0 < value < math.inf:  # fast path, checked on every step
+        return value
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
@@ -59,8 +61,8 @@ def check_param(param: torch.Tensor, name: str) -> None:
 
 def check_grad(param: torch.Tensor, name: str) -> None:
     grad = param.grad
-    if grad is None:
-        return
+    if grad is None or (grad.layout is torch.strided and grad.dtype is param.dtype and grad.shape == param.shape):
+        return  # fast path, checked for every parameter on every step
     if grad.is_sparse:
         raise RuntimeError(
             f"gradient of parameter {name} is sparse; sparse gradients are not supported "

@@ -26,12 +26,17 @@ def _requested() -> str:
     return name
 
 
+_native_module = None
+
+
 def _native():
-    try:
-        from . import native  # noqa: WPS433 (optional, compiled on first use)
-    except ImportError:
-        return None
-    return native if native.available() else None
+    """The loaded native module, or None (the build is attempted once)."""
+    global _native_module
+    if _native_module is None:
+        from . import native  # compiled on first use
+
+        _native_module = native if native.available() else False
+    return _native_module or None
 
 
 def set_backend(name: Optional[str]) -> None:
