@@ -1,6 +1,7 @@
 """Backend selection for the multi-tensor ops.
 
-``reference`` is the pure-PyTorch specification (:mod:`sparse_optim.ops.reference`); ``cpu``
+``reference`` is the pure-PyTorch specification (:mod:`sparse_optim.ops.reference`,
+:mod:`sparse_optim.ops.kronecker`); ``cpu``
 and ``cuda`` are the native kernels of ``csrc/`` when they can be loaded. The environment
 variable ``SPARSE_OPTIM_BACKEND`` (``reference``/``cpu``/``cuda``/``auto``) or
 :func:`set_backend` forces one; ``auto`` (default) uses native kernels where available.
@@ -13,7 +14,7 @@ from typing import Iterator, List, Optional
 
 import torch
 
-from . import reference
+from . import kronecker, reference
 
 BACKENDS = ("auto", "reference", "cpu", "cuda")
 _forced: Optional[str] = None
@@ -87,3 +88,8 @@ def gated_sgd_step_(params, grads, metas, momentum_buffers, traces, **kw) -> Non
 
 def meta_grad_accumulate_(meta_grads, outer_grads, traces, metas, **kw) -> None:
     _impl(meta_grads).meta_grad_accumulate_(meta_grads, outer_grads, traces, metas, **kw)
+
+
+def kronecker_update_(params, directions, factors_list, **kw) -> None:
+    impl = _impl(params)
+    (kronecker if impl is reference else impl).kronecker_update_(params, directions, factors_list, **kw)

@@ -13,11 +13,11 @@ import logging
 import os
 import threading
 import warnings
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
-from . import build, reference
+from . import build, kronecker, reference
 
 Tensor = torch.Tensor
 
@@ -40,6 +40,10 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("sparse_optim::meta_grad_accumulate_")
     def _meta_grad_accumulate_fake(meta_grads, outer_grads, traces, metas, scale, gated) -> None:
+        return None
+
+    @torch.library.register_fake("sparse_optim::kronecker_update_")
+    def _kronecker_update_fake(params, directions, lefts, rights, biases, scales, variant, depth, lr, eps) -> None:
         return None
 
 
@@ -153,3 +157,37 @@ def meta_grad_accumulate_(
         reference.meta_grad_accumulate_(
             meta_grads, outer_grads, traces, metas, kind=kind, scale=scale, straight_through=straight_through,
         )
+
+
+def kronecker_update_(
+    params: List[Tensor],
+    directions: List[Tensor],
+    factors_list: List[Dict[str, Tensor]],
+    *,
+    lr: float,
+    variant: str = "kronecker",
+    depth: int = 1,
+    eps: float = 1e-12,
+) -> None:
+    """:func:`sparse_optim.ops.kronecker.kronecker_update_` as one C++ op (``csrc/kronecker_ops.cpp``).
+
+    Lists where only some parameters have a bias or a scale run on the reference op."""
+    kronecker.check_variant(variant, depth)
+    if len(factors_list) != len(params):
+        raise ValueError(f"kronecker_update_: {len(params)} params but {len(factors_list)} factor dicts")
+    if not params:
+        return
+    bias, scale = "bias" in factors_list[0], "scale" in factors_list[0]
+    if any(("bias" in f) != bias or ("scale" in f) != scale for f in factors_list):
+        kronecker.kronecker_update_(params, directions, factors_list, lr=lr, variant=variant, depth=depth, eps=eps)
+        return
+    left_names = [f"{'L' if variant == 'kronecker' else 'C'}{k}" for k in range(depth)]
+    right_names = [f"R{k}" for k in range(depth)] if variant == "kronecker" else []
+    try:
+        lefts = [f[name] for f in factors_list for name in left_names]
+        rights = [f[name] for f in factors_list for name in right_names]
+    except KeyError as missing:
+        raise ValueError(f"kronecker_update_: factors lack {missing} ({variant}, depth {depth})") from None
+    biases = [f["bias"] for f in factors_list] if bias else []
+    scales = [f["scale"] for f in factors_list] if scale else []
+    torch.ops.sparse_optim.kronecker_update_(params, directions, lefts, rights, biases, scales, variant, depth, lr, eps)

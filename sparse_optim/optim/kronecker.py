@@ -5,6 +5,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from .. import ops
 from .._validation import check_choice, check_rate, meta_dtype
 from ..functional.kronecker import VARIANTS, init_factors, kronecker_transform
 from ..functional.sgd import sgd_direction
@@ -155,17 +156,24 @@ class KroneckerSGD(MetaOptimizer):
             return self._reject_nonfinite("step (adapt_factors)")
         dirs = self._directions(group, params, grads)
         adapt = group["adapt_factors"]
+        differentiable = group.get("differentiable", False)
+        used = []
         for p, g, d in zip(params, grads, dirs):
             if adapt:
                 self._adapt(group, p, g)
             factors = self._factors(p, group)
-            self._apply(p, group["lr"] * self._transform(group, d, factors))
+            if differentiable:
+                self._apply(p, group["lr"] * self._transform(group, d, factors))
+            else:
+                used.append(factors)
             if record or adapt:
                 entry = (d.detach().to(meta_dtype(p), copy=True), factors if (self._episode is not None and adapt) else None)
                 if self._episode is not None:
                     self._traces.setdefault(p, []).append(entry)
                 else:
                     self._traces[p] = [entry]
+        if not differentiable:  # all parameters in one call: batched GEMMs (sparse_optim.ops.kronecker)
+            ops.kronecker_update_(params, dirs, used, lr=group["lr"], variant=group["variant"], depth=group["depth"])
 
     @staticmethod
     def _apply(p: Tensor, step: Tensor) -> None:
