@@ -7,13 +7,14 @@ are created (:meth:`_create_meta`), the first-order meta-gradient
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch.optim import Optimizer
 
+from .. import ops
 from .._validation import check_choice, check_grad, check_param, check_rate
 
 NONFINITE_POLICIES = ("skip", "raise", "propagate")
@@ -48,6 +49,10 @@ class MetaOptimizer(Optimizer):
     (:meth:`meta_backward`, :meth:`meta_step`, online steps) the gradients involved are checked
     first; ``'skip'`` (default) skips that update with a warning and counts it in
     ``skipped_updates``, ``'raise'`` raises ``FloatingPointError``, ``'propagate'`` does no check.
+    ``backend`` (``None``: the process-wide choice of :mod:`sparse_optim.ops`, i.e. the native
+    kernels where available) forces ``'reference'``, ``'cpu'`` or ``'cuda'`` ops for this optimizer,
+    like ``torch.optim``'s ``foreach`` / ``fused`` flags.
+
     Plain ``step()`` behaves like ``torch.optim.SGD`` (use ``torch.amp.GradScaler`` to skip
     overflowing steps); inside an episode a bad inner gradient only reaches the trace, which
     :meth:`meta_backward` rejects, and theta is restored when the episode ends.
@@ -56,8 +61,12 @@ class MetaOptimizer(Optimizer):
     meta_lr_name = "meta_lr"
     default_update_params = False
 
-    def __init__(self, params: Any, defaults: Dict[str, Any], nonfinite: str = "skip") -> None:
+    def __init__(self, params: Any, defaults: Dict[str, Any], nonfinite: str = "skip",
+                 backend: Optional[str] = None) -> None:
         self.nonfinite = check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
+        if backend is not None:
+            check_choice("backend", backend, ops.BACKENDS)
+        self.backend = backend
         self.skipped_updates = 0
         self._meta: Dict[Tensor, Dict[str, Tensor]] = {}
         self._names: Dict[Tensor, str] = {}
@@ -152,11 +161,12 @@ class MetaOptimizer(Optimizer):
                 loss = closure()
         self._check_all_grads()
         record = self._episode is not None
-        for group in self.param_groups:
-            params, grads = self._params_with_grad(group)
-            if params:
-                with torch.set_grad_enabled(bool(group.get("differentiable", False))):
-                    self._update(group, params, grads, record or group.get("online", False))
+        with self._ops_backend():
+            for group in self.param_groups:
+                params, grads = self._params_with_grad(group)
+                if params:
+                    with torch.set_grad_enabled(bool(group.get("differentiable", False))):
+                        self._update(group, params, grads, record or group.get("online", False))
         if self._episode is not None:
             self._episode.steps += 1
         return loss
@@ -216,7 +226,7 @@ class MetaOptimizer(Optimizer):
         outer = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not self._all_finite(outer + self._trace_tensors()):
             return self._reject_nonfinite("meta_backward")
-        with torch.no_grad():
+        with torch.no_grad(), self._ops_backend():
             for group in self.param_groups:
                 params, grads = self._params_with_grad(group)
                 traced = [(p, g) for p, g in zip(params, grads) if p in self._traces]
@@ -225,6 +235,9 @@ class MetaOptimizer(Optimizer):
                 for p, g in zip(params, grads):
                     acc = ep.outer_grads.get(p)
                     ep.outer_grads[p] = g.detach().clone() if acc is None else acc.add_(g)
+
+    def _ops_backend(self):
+        return nullcontext() if self.backend is None else ops.use_backend(self.backend)
 
     def _all_finite(self, tensors: List[Tensor]) -> bool:
         tensors = [t for t in tensors if t is not None and t.numel() > 0]
@@ -279,7 +292,7 @@ class MetaOptimizer(Optimizer):
             checked += [p.grad for p in self._ordered_params()]
         if not self._all_finite(checked):
             return self._reject_nonfinite("meta_step")
-        with torch.no_grad():
+        with torch.no_grad(), self._ops_backend():
             for group in self.param_groups:
                 lr = group[self.meta_lr_name]
                 for p in group["params"]:

@@ -165,6 +165,8 @@ class MaskedSGD(_GatedSGD):
         differentiable: record ``step()`` with autograd (``torch.optim`` semantics).
         nonfinite: ``'skip'`` / ``'raise'`` / ``'propagate'`` for non-finite gradients where
             meta-parameters would change (see :class:`~sparse_optim.optim.base.MetaOptimizer`).
+        backend: force ``'reference'`` / ``'cpu'`` / ``'cuda'`` ops (default: native kernels
+            where available, like ``torch.optim``'s ``fused``).
     """
 
     gate_kind = "step"
@@ -188,12 +190,13 @@ class MaskedSGD(_GatedSGD):
         online_decay: float = 0.0,
         differentiable: bool = False,
         nonfinite: str = "skip",
+        backend: Optional[str] = None,
     ) -> None:
         defaults = dict(lr=lr, mask_lr=mask_lr, init_sparsity=init_sparsity, mask_init=mask_init,
                         mask_init_value=mask_init_value, momentum=momentum, dampening=dampening,
                         nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
                         online=online, online_decay=online_decay, differentiable=differentiable)
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, backend=backend)
 
     def _validate_hparams(self, group):
         super()._validate_hparams(group)
@@ -253,12 +256,13 @@ class RectifiedLRSGD(_GatedSGD):
         online_decay: float = 0.0,
         differentiable: bool = False,
         nonfinite: str = "skip",
+        backend: Optional[str] = None,
     ) -> None:
         defaults = dict(lr=lr, rate_lr=rate_lr, rate_init=rate_init, rate_init_range=rate_init_range,
                         straight_through=straight_through, momentum=momentum, dampening=dampening,
                         nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
                         online=online, online_decay=online_decay, differentiable=differentiable)
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, backend=backend)
 
     def _validate_hparams(self, group):
         super()._validate_hparams(group)
@@ -318,11 +322,12 @@ class LookaheadLRSGD(RectifiedLRSGD):
         maximize: bool = False,
         differentiable: bool = False,
         nonfinite: str = "skip",
+        backend: Optional[str] = None,
     ) -> None:
         super().__init__(params, lr=lr, rate_lr=rate_lr, rate_init=rate_init, rate_init_range=rate_init_range,
                          straight_through=straight_through, momentum=momentum, dampening=dampening,
                          nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
-                         differentiable=differentiable, nonfinite=nonfinite)
+                         differentiable=differentiable, nonfinite=nonfinite, backend=backend)
 
 
 class StochasticMaskedSGD(MaskedSGD):
@@ -352,7 +357,7 @@ class StochasticMaskedSGD(MaskedSGD):
                  noise_dim: int = 1600, noise_scale: Optional[float] = None, stochastic=None,
                  momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, maximize: bool = False, differentiable: bool = False,
-                 nonfinite: str = "skip") -> None:
+                 nonfinite: str = "skip", backend: Optional[str] = None) -> None:
         if isinstance(noise_dim, bool) or not isinstance(noise_dim, int) or noise_dim < 1:
             raise ValueError(f"noise_dim must be a positive integer, got {noise_dim!r}")
         if noise_scale is not None:
@@ -362,7 +367,7 @@ class StochasticMaskedSGD(MaskedSGD):
         self._sampled: Dict[Tensor, Tuple[Tensor, Tensor]] = {}
         super().__init__(params, lr=lr, mask_lr=mask_lr, init_sparsity=init_sparsity, momentum=momentum,
                          dampening=dampening, nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
-                         differentiable=differentiable, nonfinite=nonfinite)
+                         differentiable=differentiable, nonfinite=nonfinite, backend=backend)
 
     def _validate_hparams(self, group):
         super()._validate_hparams(group)

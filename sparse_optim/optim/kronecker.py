@@ -50,6 +50,7 @@ class KroneckerSGD(MetaOptimizer):
         differentiable: build the autograd graph of each step (as ``torch.optim``); factor
             adaptation (``adapt_factors``) stays first-order on this path.
         nonfinite: policy for non-finite gradients (see :class:`~sparse_optim.optim.base.MetaOptimizer`).
+        backend: force ``'reference'`` / ``'cpu'`` / ``'cuda'`` ops (default: native where available).
     """
 
     meta_lr_name = "factor_lr"
@@ -74,6 +75,7 @@ class KroneckerSGD(MetaOptimizer):
         maximize: bool = False,
         differentiable: bool = False,
         nonfinite: str = "skip",
+        backend: Optional[str] = None,
     ) -> None:
         defaults = dict(lr=lr, factor_lr=factor_lr, variant=variant, depth=depth, rank=rank, bias=bias,
                         normalize=normalize, init_gain=init_gain, adapt_factors=adapt_factors,
@@ -81,7 +83,7 @@ class KroneckerSGD(MetaOptimizer):
                         momentum=momentum, dampening=dampening, nesterov=nesterov,
                         weight_decay=weight_decay, maximize=maximize, differentiable=differentiable)
         self._fast: Dict[Tensor, Dict[str, Tensor]] = {}
-        super().__init__(params, defaults, nonfinite=nonfinite)
+        super().__init__(params, defaults, nonfinite=nonfinite, backend=backend)
 
     def _validate_hparams(self, group):
         super()._validate_hparams(group)
