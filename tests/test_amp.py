@@ -1,7 +1,6 @@
 """Mixed precision: GradScaler compatibility, skipped overflow steps, low-precision parameters."""
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch

@@ -1,6 +1,5 @@
 """Tests for sparse_optim.data.mnist loaders."""
 import importlib.util
-import os
 import struct
 import warnings
 

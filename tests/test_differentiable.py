@@ -1,7 +1,6 @@
 """Differentiable inner loops: gradcheck, straight-through definitions, path equivalences."""
 from __future__ import annotations
 
-import copy
 
 import higher
 import pytest
@@ -243,7 +242,6 @@ def test_higher_override_lr_is_differentiable():
 # ------------------------------------------------------------------------ torch.func / vmap
 def test_vmap_over_tasks_matches_loop():
     model = make_model(3)
-    names = [n for n, _ in model.named_parameters()]
     params = {n: p.detach() for n, p in model.named_parameters()}
     masks = {n: torch.randn_like(p) for n, p in params.items()}
     xs = torch.randn(4, 8, 3)
@@ -305,3 +303,10 @@ def test_first_order_path_keeps_no_graph(make_opt):
         tensors = trace if isinstance(trace, torch.Tensor) else [d for d, _ in trace]
         assert not any(t.requires_grad for t in ([tensors] if isinstance(tensors, torch.Tensor) else tensors))
     assert saved == []  # no autograd graph was built by the inner steps
+
+
+def test_functional_package_exports_the_rules():
+    import sparse_optim.functional as fn
+
+    assert fn.masked_sgd is masked_sgd and fn.kronecker_sgd is kronecker_sgd
+    assert set(fn.__all__) >= {"masked_sgd", "rectified_sgd", "lookahead_sgd", "kronecker_sgd"}

@@ -2,7 +2,6 @@
 included), dtypes (float32, float64, bfloat16 params with float32 meta-parameters) and
 hyperparameters. The library's step is compared with the functional reference
 (``sparse_optim.functional.gated``) and with the test's own float64 math."""
-import math
 
 import pytest
 import torch

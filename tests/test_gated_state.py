@@ -187,7 +187,7 @@ def test_state_dict_in_episode_raises():
 def _bad_state_dicts():
     """(name, builder) where builder returns a state_dict incompatible with the 'target' optimizer."""
     def group_sizes():
-        a, b = _model(0), _model(1)
+        a = _model(0)
         opt = MaskedSGD([{"params": list(a.parameters())[:2]}, {"params": list(a.parameters())[2:]}])
         return opt.state_dict()
 

@@ -218,8 +218,6 @@ def test_stochastic_masks_chain_rule():
     assert "2.weight.mask_logits" in names
     conv = model[0].weight
     with opt.episode():
-        z, m = opt._sampled.get(conv, (None, None)) if opt._sampled else (None, None)
-        theta = conv.detach().clone()
         traces = torch.zeros_like(conv)
         for _ in range(2):
             opt.zero_grad(); F.cross_entropy(model(x), y).backward()

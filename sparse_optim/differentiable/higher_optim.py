@@ -8,7 +8,7 @@ tensors ``opt.meta_parameters()`` returns (not copies).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Dict, List
 
 import higher
 import torch

@@ -15,7 +15,7 @@ gradient with default hyperparameters).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Sequence, TypeVar, Union
+from typing import Mapping, Sequence, TypeVar, Union
 
 import torch
 
