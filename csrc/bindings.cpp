@@ -4,8 +4,9 @@
 // Semantics: sparse_optim/ops/reference.py, with
 //  - gated_sgd_step_: momentum_buffers / fresh_buffers are read only when momentum != 0 (one
 //    entry per parameter; a fresh buffer is overwritten with the direction d); traces may be
-//    empty (no trace); kind is 'step' (gate 1[m >= 0]) or 'relu' (gate max(0, m));
-//  - meta_grad_accumulate_: meta_grads += -scale * outer_grads * traces * (gated ? 1[m > 0] : 1).
+//    empty (no trace); kind names a gate of csrc/gates.h (unknown kinds raise ValueError);
+//  - meta_grad_accumulate_: meta_grads += -scale * outer_grads * traces * gate'(metas), gate' := 1 if
+//    straight_through.
 // Dtype pairs without a kernel raise NotImplementedError.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/LegacyTypeDispatch.h>
@@ -47,13 +48,14 @@ void gated_sgd_step_autograd(at::TensorList params, at::TensorList grads, at::Te
 }
 
 void meta_grad_accumulate_autograd(at::TensorList meta_grads, at::TensorList outer_grads, at::TensorList traces,
-                                   at::TensorList metas, double scale, bool gated) {
+                                   at::TensorList metas, std::string_view kind, double scale,
+                                   bool straight_through) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("sparse_optim::meta_grad_accumulate_", "")
                              .typed<decltype(meta_grad_accumulate_autograd)>();
   {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    op.call(meta_grads, outer_grads, traces, metas, scale, gated);
+    op.call(meta_grads, outer_grads, traces, metas, kind, scale, straight_through);
   }
   bump_versions(meta_grads);
 }
@@ -67,7 +69,7 @@ TORCH_LIBRARY(sparse_optim, m) {
       "float dampening, bool nesterov, bool maximize, float trace_decay) -> ()");
   m.def(
       "meta_grad_accumulate_(Tensor(a!)[] meta_grads, Tensor[] outer_grads, Tensor[] traces, Tensor[] metas, "
-      "float scale, bool gated) -> ()");
+      "str kind, float scale, bool straight_through) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(sparse_optim, Autograd, m) {

@@ -61,13 +61,4 @@ void dispatch_bool(bool value, F&& f) {
   }
 }
 
-template <typename F>
-void dispatch_gate_kind(GateKind kind, F&& f) {
-  if (kind == GateKind::Step) {
-    f(std::integral_constant<GateKind, GateKind::Step>{});
-  } else {
-    f(std::integral_constant<GateKind, GateKind::Relu>{});
-  }
-}
-
 }  // namespace sparse_optim

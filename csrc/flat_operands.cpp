@@ -33,7 +33,7 @@ FlatOperands::FlatOperands(const char* op, const std::vector<ListArg>& args)
       const at::Device device = args.front().tensors.front().device();
       TORCH_CHECK(t.defined() && t.layout() == at::kStrided, op, ": ", arg.name, "[", i,
                   "] must be a defined strided tensor");
-      TORCH_CHECK(t.device() == device, op, ": ", arg.name, "[", i, "] is on ", t.device(), ", expected ", device);
+      TORCH_CHECK_NOT_IMPLEMENTED(t.device() == device, op, ": ", arg.name, "[", i, "] is on ", t.device(), ", expected ", device);
       TORCH_CHECK(slot.empty() || t.sizes() == slot.front()->sizes(), op, ": ", arg.name, "[", i,
                   "] has shape ", t.sizes(), ", expected ", slot.front()->sizes());
       slot.push_back(&t);

@@ -57,21 +57,21 @@ void for_each_task(const FlatOperands& operands, const Body& body) {
 #define SPARSE_OPTIM_VECTOR_CLONES
 #endif
 
-template <GateKind kKind, bool kMomentum, bool kFreshBuffer, bool kTrace, typename P, typename M, typename T>
+template <typename Gate, bool kMomentum, bool kFreshBuffer, bool kTrace, typename P, typename M, typename T>
 SPARSE_OPTIM_VECTOR_CLONES void gated_step_loop(P* param, const P* grad, const M* meta, P* buf, M* trace,
                                                 const StepScalars<T> s, int64_t begin, int64_t end) {
 #pragma omp simd
   for (int64_t i = begin; i < end; ++i) {
-    gated_step_element<kKind, kMomentum, kFreshBuffer, kTrace>(i, param, grad, meta, buf, trace, s);
+    gated_step_element<Gate, kMomentum, kFreshBuffer, kTrace>(i, param, grad, meta, buf, trace, s);
   }
 }
 
-template <bool kGated, typename G, typename M, typename T>
+template <typename Gate, bool kTrueDerivative, typename G, typename M, typename T>
 SPARSE_OPTIM_VECTOR_CLONES void meta_grad_loop(M* meta_grad, const G* outer_grad, const M* trace, const M* meta,
                                                const T scale, int64_t begin, int64_t end) {
 #pragma omp simd
   for (int64_t i = begin; i < end; ++i) {
-    meta_grad_element<kGated>(i, meta_grad, outer_grad, trace, meta, scale);
+    meta_grad_element<Gate, kTrueDerivative>(i, meta_grad, outer_grad, trace, meta, scale);
   }
 }
 
@@ -82,10 +82,10 @@ void run_gated_step(const GatedStepCall& call) {
     using P = typename decltype(p_tag)::type;
     using M = typename decltype(m_tag)::type;
     const auto s = cast_scalars<at::opmath_type<P>>(call.scalars);
-    dispatch_gate_kind(call.kind, [&](auto kind) {
+    dispatch_gate(call.kind, [&](auto gate) {
       dispatch_bool(call.momentum, [&](auto momentum) {
         dispatch_bool(ops.has(L::traces), [&](auto trace) {
-          constexpr GateKind kKind = decltype(kind)::value;
+          using Gate = decltype(gate);
           constexpr bool kMomentum = decltype(momentum)::value, kTrace = decltype(trace)::value;
           for_each_task(ops, [&](const Task& task) {
             const int64_t i = task.index;
@@ -95,7 +95,7 @@ void run_gated_step(const GatedStepCall& call) {
             auto* buf = static_cast<P*>(ops.data(L::momentum_buffers, i));
             auto* trace_data = static_cast<M*>(ops.data(L::traces, i));
             const auto loop = [&](auto fresh_buffer) {
-              gated_step_loop<kKind, kMomentum, decltype(fresh_buffer)::value, kTrace>(param, grad, meta, buf,
+              gated_step_loop<Gate, kMomentum, decltype(fresh_buffer)::value, kTrace>(param, grad, meta, buf,
                                                                                        trace_data, s, task.begin,
                                                                                        task.end);
             };
@@ -120,13 +120,15 @@ void run_meta_grad(const MetaGradCall& call) {
     using G = typename decltype(g_tag)::type;
     using M = typename decltype(m_tag)::type;
     const auto scale = static_cast<at::opmath_type<G>>(call.scale);
-    dispatch_bool(call.gated, [&](auto gated) {
+    dispatch_gate(call.kind, [&](auto gate) {
+      dispatch_bool(call.true_derivative, [&](auto true_derivative) {
       for_each_task(ops, [&](const Task& task) {
         const int64_t i = task.index;
-        meta_grad_loop<decltype(gated)::value>(
+        meta_grad_loop<decltype(gate), decltype(true_derivative)::value>(
             static_cast<M*>(ops.data(L::meta_grads, i)), static_cast<const G*>(ops.data(L::outer_grads, i)),
             static_cast<const M*>(ops.data(L::traces, i)), static_cast<const M*>(ops.data(L::metas, i)), scale,
             task.begin, task.end);
+      });
       });
     });
   };

@@ -92,7 +92,7 @@ void for_each_chunk_table(const FlatOperands& operands, const std::vector<bool>&
   }
 }
 
-template <GateKind kKind, bool kMomentum, bool kFreshBuffer, bool kTrace, typename P, typename M, typename T>
+template <typename Gate, bool kMomentum, bool kFreshBuffer, bool kTrace, typename P, typename M, typename T>
 __device__ void gated_step_chunk(const ChunkTable<step_list::count>& table, const BlockRange<step_list::count>& r,
                                  const StepScalars<T>& s) {
   namespace L = step_list;
@@ -102,22 +102,22 @@ __device__ void gated_step_chunk(const ChunkTable<step_list::count>& table, cons
   auto* buf = static_cast<P*>(table.data[L::momentum_buffers][r.tensor]);
   auto* trace = static_cast<M*>(table.data[L::traces][r.tensor]);
   for (int64_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
-    gated_step_element<kKind, kMomentum, kFreshBuffer, kTrace>(i, param, grad, meta, buf, trace, s);
+    gated_step_element<Gate, kMomentum, kFreshBuffer, kTrace>(i, param, grad, meta, buf, trace, s);
   }
 }
 
-template <GateKind kKind, bool kMomentum, bool kTrace, typename P, typename M, typename T>
+template <typename Gate, bool kMomentum, bool kTrace, typename P, typename M, typename T>
 __global__ void gated_step_kernel(const ChunkTable<step_list::count> table, const StepScalars<T> s) {
   const BlockRange<step_list::count> r(table);
   if constexpr (kMomentum) {
     if (table.flag[r.tensor]) {  // a fresh momentum buffer
-      return gated_step_chunk<kKind, kMomentum, true, kTrace, P, M>(table, r, s);
+      return gated_step_chunk<Gate, kMomentum, true, kTrace, P, M>(table, r, s);
     }
   }
-  gated_step_chunk<kKind, kMomentum, false, kTrace, P, M>(table, r, s);
+  gated_step_chunk<Gate, kMomentum, false, kTrace, P, M>(table, r, s);
 }
 
-template <bool kGated, typename G, typename M, typename T>
+template <typename Gate, bool kTrueDerivative, typename G, typename M, typename T>
 __global__ void meta_grad_kernel(const ChunkTable<meta_grad_list::count> table, const T scale) {
   namespace L = meta_grad_list;
   const BlockRange<L::count> r(table);
@@ -126,7 +126,7 @@ __global__ void meta_grad_kernel(const ChunkTable<meta_grad_list::count> table, 
   const auto* trace = static_cast<const M*>(table.data[L::traces][r.tensor]);
   const auto* meta = static_cast<const M*>(table.data[L::metas][r.tensor]);
   for (int64_t i = r.begin + threadIdx.x; i < r.end; i += blockDim.x) {
-    meta_grad_element<kGated>(i, meta_grad, outer_grad, trace, meta, scale);
+    meta_grad_element<Gate, kTrueDerivative>(i, meta_grad, outer_grad, trace, meta, scale);
   }
 }
 
@@ -142,11 +142,11 @@ void run_gated_step(const GatedStepCall& call) {
     using M = typename decltype(m_tag)::type;
     using T = at::opmath_type<P>;
     const StepScalars<T> s = cast_scalars<T>(call.scalars);
-    dispatch_gate_kind(call.kind, [&](auto kind) {
+    dispatch_gate(call.kind, [&](auto gate) {
       dispatch_bool(call.momentum, [&](auto momentum) {
         dispatch_bool(ops.has(step_list::traces), [&](auto trace) {
           for_each_chunk_table<step_list::count>(ops, call.fresh_buffers, [&](const auto& table, int blocks) {
-            gated_step_kernel<decltype(kind)::value, decltype(momentum)::value, decltype(trace)::value, P, M>
+            gated_step_kernel<decltype(gate), decltype(momentum)::value, decltype(trace)::value, P, M>
                 <<<blocks, kBlockThreads, 0, stream>>>(table, s);
             C10_CUDA_KERNEL_LAUNCH_CHECK();
           });
@@ -168,10 +168,13 @@ void run_meta_grad(const MetaGradCall& call) {
     using M = typename decltype(m_tag)::type;
     using T = at::opmath_type<G>;
     const T scale = static_cast<T>(call.scale);
-    dispatch_bool(call.gated, [&](auto gated) {
-      for_each_chunk_table<meta_grad_list::count>(ops, {}, [&](const auto& table, int blocks) {
-        meta_grad_kernel<decltype(gated)::value, G, M><<<blocks, kBlockThreads, 0, stream>>>(table, scale);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+    dispatch_gate(call.kind, [&](auto gate) {
+      dispatch_bool(call.true_derivative, [&](auto true_derivative) {
+        for_each_chunk_table<meta_grad_list::count>(ops, {}, [&](const auto& table, int blocks) {
+          meta_grad_kernel<decltype(gate), decltype(true_derivative)::value, G, M>
+              <<<blocks, kBlockThreads, 0, stream>>>(table, scale);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
       });
     });
   });

@@ -16,15 +16,9 @@
 #include <cstdint>
 #include <type_traits>
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define SPARSE_OPTIM_HD __host__ __device__ __forceinline__
-#else
-#define SPARSE_OPTIM_HD inline
-#endif
+#include "gates.h"
 
 namespace sparse_optim {
-
-enum class GateKind { Step, Relu };
 
 // Hyperparameters of gated_sgd_step_, converted to the opmath type T.
 template <typename T>
@@ -67,17 +61,6 @@ SPARSE_OPTIM_HD T momentum_direction(T d, T buf, const StepScalars<T>& s) {
   return s.nesterov ? fused_multiply_add(s.momentum, buf, d) : buf;
 }
 
-// gate(m): 1[m >= 0] for Step, max(0, m) for Relu (NaN propagates as in clamp_min).
-// Indicators are converted, not branched on, so CPU loops stay vectorisable.
-template <GateKind kKind, typename T>
-SPARSE_OPTIM_HD T gate(T m) {
-  if constexpr (kKind == GateKind::Step) {
-    return static_cast<T>(m >= T(0));
-  } else {
-    return m < T(0) ? T(0) : m;
-  }
-}
-
 // p.addcmul_(gate, d, value=-scale)
 template <typename T>
 SPARSE_OPTIM_HD T gated_update(T p, T gate_value, T d, T scale) {
@@ -90,12 +73,12 @@ SPARSE_OPTIM_HD T trace_update(T trace, T d, T decay) {
   return decay * trace + d;
 }
 
-// meta_grad - scale * g * trace * (gated ? 1[m > 0] : 1): gated, meta_grad.add_(g * trace * 1[m > 0],
-// alpha=-scale); else meta_grad.addcmul_(g, trace, value=-scale).
-template <bool kGated, typename T>
+// meta_grad - scale * g * trace * gate'(m): with the true derivative, meta_grad.add_(g * trace *
+// gate'(m), alpha=-scale); with the identity, meta_grad.addcmul_(g, trace, value=-scale).
+template <typename G, bool kTrueDerivative, typename T>
 SPARSE_OPTIM_HD T meta_grad_update(T meta_grad, T g, T trace, T m, T scale) {
-  if constexpr (kGated) {
-    return fused_multiply_add(-scale, g * trace * static_cast<T>(m > T(0)), meta_grad);
+  if constexpr (kTrueDerivative && !G::kIdentityDerivative) {
+    return fused_multiply_add(-scale, g * trace * G::template derivative<T>(m), meta_grad);
   } else {
     return fused_multiply_add(-scale * g, trace, meta_grad);
   }
@@ -127,7 +110,7 @@ SPARSE_OPTIM_HD void store(S* ptr, int64_t i, T value) {
 // One element of gated_sgd_step_: parameters / grads / buffers of type P, meta-parameters and
 // traces of type M (P or float32). buf and trace are only touched when enabled; a fresh
 // momentum buffer is not read, it starts at d.
-template <GateKind kKind, bool kMomentum, bool kFreshBuffer, bool kTrace, typename P, typename M,
+template <typename G, bool kMomentum, bool kFreshBuffer, bool kTrace, typename P, typename M,
           typename T = at::opmath_type<P>>
 SPARSE_OPTIM_HD void gated_step_element(int64_t i, P* param, const P* grad, const M* meta, P* buf,
                                         M* trace, const StepScalars<T>& s) {
@@ -141,17 +124,17 @@ SPARSE_OPTIM_HD void gated_step_element(int64_t i, P* param, const P* grad, cons
   if constexpr (kTrace) {
     store(trace, i, trace_update(load<T>(trace, i), d, s.trace_decay));
   }
-  store(param, i, gated_update(p, gate<kKind>(load<T>(meta, i)), d, s.scale));
+  store(param, i, gated_update(p, G::template value<T>(load<T>(meta, i)), d, s.scale));
 }
 
 // One element of meta_grad_accumulate_: outer gradients of type G, the rest of type M.
 // meta_grad may alias meta (online hypergradient steps): meta is read before the store.
-template <bool kGated, typename G, typename M, typename T = at::opmath_type<G>>
+template <typename Gate, bool kTrueDerivative, typename G, typename M, typename T = at::opmath_type<G>>
 SPARSE_OPTIM_HD void meta_grad_element(int64_t i, M* meta_grad, const G* outer_grad, const M* trace,
                                        const M* meta, T scale) {
   const T m = load<T>(meta, i);
   store(meta_grad, i,
-        meta_grad_update<kGated>(load<T>(meta_grad, i), load<T>(outer_grad, i), load<T>(trace, i), m, scale));
+        meta_grad_update<Gate, kTrueDerivative>(load<T>(meta_grad, i), load<T>(outer_grad, i), load<T>(trace, i), m, scale));
 }
 
 }  // namespace sparse_optim

@@ -15,15 +15,6 @@ at::ScalarType list_dtype(const char* op, const char* name, at::TensorList list,
   return expected;
 }
 
-GateKind parse_gate_kind(std::string_view kind) {
-  if (kind == "step") {
-    return GateKind::Step;
-  }
-  TORCH_CHECK_VALUE(kind == "relu", "sparse_optim::gated_sgd_step_: kind must be 'step' or 'relu', got '", kind,
-                    "'");
-  return GateKind::Relu;
-}
-
 }  // namespace
 
 GatedStepCall prepare_gated_step(at::TensorList params, at::TensorList grads, at::TensorList metas,
@@ -37,7 +28,7 @@ GatedStepCall prepare_gated_step(at::TensorList params, at::TensorList grads, at
               op, ": with momentum, momentum_buffers and fresh_buffers need one entry per parameter");
   TORCH_CHECK(grads.size() == params.size() && metas.size() == params.size(), op,
               ": params, grads and metas must have the same length");
-  const GateKind gate_kind = parse_gate_kind(kind);
+  const GateId gate_kind = parse_gate(op, kind);
   at::ScalarType param_type = at::kFloat, meta_type = at::kFloat;
   if (!params.empty()) {
     param_type = list_dtype(op, "params", params, params.front().scalar_type());
@@ -63,8 +54,10 @@ GatedStepCall prepare_gated_step(at::TensorList params, at::TensorList grads, at
 }
 
 MetaGradCall prepare_meta_grad(at::TensorList meta_grads, at::TensorList outer_grads, at::TensorList traces,
-                               at::TensorList metas, double scale, bool gated) {
+                               at::TensorList metas, std::string_view kind, double scale,
+                               bool straight_through) {
   constexpr const char* op = "sparse_optim::meta_grad_accumulate_";
+  const GateId gate_kind = parse_gate(op, kind);
   TORCH_CHECK(outer_grads.size() == meta_grads.size() && traces.size() == meta_grads.size() &&
                   metas.size() == meta_grads.size(),
               op, ": meta_grads, outer_grads, traces and metas must have the same length");
@@ -79,7 +72,7 @@ MetaGradCall prepare_meta_grad(at::TensorList meta_grads, at::TensorList outer_g
                              {"outer_grads", outer_grads, false},
                              {"traces", traces, false},
                              {"metas", metas, false}});
-  return {std::move(operands), gated, scale, grad_type, meta_type};
+  return {std::move(operands), gate_kind, !straight_through, scale, grad_type, meta_type};
 }
 
 }  // namespace sparse_optim

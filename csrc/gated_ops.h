@@ -22,7 +22,7 @@ constexpr size_t meta_grads = 0, outer_grads = 1, traces = 2, metas = 3, count =
 
 struct GatedStepCall {
   FlatOperands operands;
-  GateKind kind;
+  GateId kind;
   bool momentum;                    // momentum != 0: buffers are read and written
   std::vector<bool> fresh_buffers;  // per index, with momentum: the buffer starts at d
   StepScalars<double> scalars;
@@ -32,7 +32,8 @@ struct GatedStepCall {
 
 struct MetaGradCall {
   FlatOperands operands;
-  bool gated;
+  GateId kind;
+  bool true_derivative;  // gate'(m) instead of the straight-through identity
   double scale;
   at::ScalarType grad_type;
   at::ScalarType meta_type;
@@ -45,7 +46,8 @@ GatedStepCall prepare_gated_step(at::TensorList params, at::TensorList grads, at
                                  bool maximize, double trace_decay);
 
 MetaGradCall prepare_meta_grad(at::TensorList meta_grads, at::TensorList outer_grads, at::TensorList traces,
-                               at::TensorList metas, double scale, bool gated);
+                               at::TensorList metas, std::string_view kind, double scale,
+                               bool straight_through);
 
 template <typename T>
 StepScalars<T> cast_scalars(const StepScalars<double>& s) {
@@ -68,8 +70,8 @@ void gated_sgd_step_op(at::TensorList params, at::TensorList grads, at::TensorLi
 
 template <void (*kRunMetaGrad)(const MetaGradCall&)>
 void meta_grad_accumulate_op(at::TensorList meta_grads, at::TensorList outer_grads, at::TensorList traces,
-                             at::TensorList metas, double scale, bool gated) {
-  const MetaGradCall call = prepare_meta_grad(meta_grads, outer_grads, traces, metas, scale, gated);
+                             at::TensorList metas, std::string_view kind, double scale, bool straight_through) {
+  const MetaGradCall call = prepare_meta_grad(meta_grads, outer_grads, traces, metas, kind, scale, straight_through);
   kRunMetaGrad(call);
   call.operands.copy_back();
 }

@@ -71,7 +71,7 @@ def test_overflowing_inner_step_is_skipped_by_the_scaler(make):
         before = [p.detach().clone() for p in model.parameters()]
         scaler.step(opt); scaler.update()
         assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-        assert opt._traces == {}  # nothing recorded either
+        assert opt._trace.tensors() == []  # nothing recorded either
         assert scaler.get_scale() < 2.0 ** 8  # the scaler backed off
 
 
@@ -113,7 +113,7 @@ def test_low_precision_parameters_with_float32_meta_state(make, dtype):
     with opt.episode():
         for _ in range(2):
             opt.zero_grad(); F.cross_entropy(model(x.to(dtype)).float(), y).backward(); opt.step()
-        for t in opt._trace_tensors():
+        for t in opt._trace.tensors():
             assert t.dtype == torch.float32
         opt.zero_grad(); F.cross_entropy(model(x.to(dtype)).float(), (y + 1) % 3).backward(); opt.meta_backward()
     assert all(m.grad.dtype == torch.float32 and torch.isfinite(m.grad).all() for m in opt.meta_parameters())

@@ -299,7 +299,7 @@ def test_first_order_path_keeps_no_graph(make_opt):
             assert all(p.grad_fn is None for p in model.parameters())
         opt.zero_grad(); F.mse_loss(model(x), y).backward()
         opt.meta_backward()
-    for trace in opt._traces.values():
+    for trace in opt._trace.tensors():
         tensors = trace if isinstance(trace, torch.Tensor) else [d for d, _ in trace]
         assert not any(t.requires_grad for t in ([tensors] if isinstance(tensors, torch.Tensor) else tensors))
     assert saved == []  # no autograd graph was built by the inner steps

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sparse_optim
-from sparse_optim import ops
+from sparse_optim import functional, ops
 from sparse_optim.ops import native, reference
 
 needs_native = pytest.mark.skipif(not native.available(), reason="native extension not available")
@@ -222,12 +222,53 @@ def test_large_tensors_split_over_threads_match_reference():
 
 @needs_native
 def test_unsupported_dtype_pair_falls_back_to_reference():
+    """The kernel refuses (NotImplementedError, nothing written); the dispatcher then runs the
+    reference op."""
     params, grads = [torch.randn(5)], [torch.randn(5)]
     metas = [torch.randn(5, dtype=torch.float64)]  # float32 params with float64 metas: no kernel
-    expected = clone_list(params)
+    expected, before = clone_list(params), clone_list(params)
     reference.gated_sgd_step_(expected, clone_list(grads), clone_list(metas), [None], None, kind="step", scale=0.1)
-    native.gated_sgd_step_(params, grads, metas, [None], None, kind="step", scale=0.1)
+    if native.available():
+        with pytest.raises(NotImplementedError):
+            native.gated_sgd_step_(params, grads, metas, [None], None, kind="step", scale=0.1)
+        assert torch.equal(params[0], before[0])
+    functional.gated_sgd_(params, grads, metas, [None], None, gate="step", lr=0.1)
     assert torch.equal(params[0], expected[0])
+
+
+def test_unknown_gate_kind_raises_on_every_backend():
+    args = ([torch.zeros(2)], [torch.ones(2)], [torch.zeros(2)], [None], None)
+    with pytest.raises(ValueError, match="gate kind"):
+        reference.gated_sgd_step_(*args, kind="sigmoid", scale=0.1)
+    with pytest.raises(ValueError, match="gate kind"):
+        reference.meta_grad_accumulate_([torch.zeros(2)], [torch.ones(2)], [torch.ones(2)], [torch.zeros(2)],
+                                        kind="sigmoid", scale=0.1, straight_through=True)
+    with pytest.raises(ValueError, match="gate kind"):
+        functional.gated_sgd_(*args, gate="sigmoid", lr=0.1)
+    if native.available():
+        with pytest.raises(ValueError, match="gate kind"):
+            native.gated_sgd_step_(*args, kind="sigmoid", scale=0.1)
+        with pytest.raises(ValueError, match="gate kind"):
+            native.meta_grad_accumulate_([torch.zeros(2)], [torch.ones(2)], [torch.ones(2)], [torch.zeros(2)],
+                                         kind="sigmoid", scale=0.1, straight_through=True)
+
+
+def test_mixed_device_or_dtype_group_is_split_not_refused():
+    """One list spanning two dtypes runs as two groups (each on its own backend), equal to the
+    reference per tensor."""
+    gen = torch.Generator().manual_seed(3)
+    params = [torch.randn(4, generator=gen), torch.randn(3, generator=gen, dtype=torch.float64)]
+    grads = [torch.randn_like(p) for p in params]
+    metas = [torch.randn_like(p) for p in params]
+    buffers = [None, None]
+    expected = clone_list(params)
+    ref_buffers = [None, None]
+    reference.gated_sgd_step_(expected, clone_list(grads), clone_list(metas), ref_buffers, None, kind="relu",
+                              scale=1.0, momentum=0.9)
+    functional.gated_sgd_(params, grads, metas, buffers, None, gate="relu", lr=0.1, momentum=0.9)
+    for a, b in zip(params + buffers, expected + ref_buffers):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b)
 
 
 @needs_native
@@ -280,7 +321,7 @@ def test_opcheck_gated_sgd_step(momentum, with_traces):
 def test_opcheck_meta_grad_accumulate(gated):
     gen = torch.Generator().manual_seed(1)
     lists = [[torch.randn(s, generator=gen) for s in [(2, 3), (4,)]] for _ in range(4)]
-    torch.library.opcheck(torch.ops.sparse_optim.meta_grad_accumulate_.default, (*lists, 0.3, gated))
+    torch.library.opcheck(torch.ops.sparse_optim.meta_grad_accumulate_.default, (*lists, "relu", 0.3, not gated))
 
 
 @needs_native
@@ -314,7 +355,7 @@ def run_meta_learning(opt_factory, backend: str, episodes: int = 3, inner_steps:
                 opt.zero_grad()
                 loss_fn(model(xs[e, 1]), ys[e, 1]).backward()
                 opt.meta_backward()
-                traces.append({n: opt._traces[p].clone() for n, p in model.named_parameters()})
+                traces.append({n: opt._trace[p].clone() for n, p in model.named_parameters()})
             opt.meta_step()
     return dict(model.named_parameters()), dict(opt.named_meta_parameters()), traces
 
@@ -400,13 +441,13 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
 FALLBACK_SCRIPT = """
     import warnings
     import torch
-    from sparse_optim import ops
+    from sparse_optim import functional, ops
     from sparse_optim.ops import native
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         print(native.available(), native.available(), ops.backend())
         p = [torch.ones(3)]
-        ops.gated_sgd_step_(p, [torch.ones(3)], [torch.zeros(3)], [None], None, kind="step", scale=0.5)
+        functional.gated_sgd_(p, [torch.ones(3)], [torch.zeros(3)], [None], None, gate="step", lr=0.5)
         print(p[0].tolist())
     print(sum("native kernels unavailable" in str(w.message) for w in caught))
 """

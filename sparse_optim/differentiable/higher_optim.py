@@ -1,10 +1,13 @@
 """Differentiable counterparts of the optimizers for ``higher`` (registered on import).
 
 ``higher.innerloop_ctx(model, MaskedSGD(...))`` builds one of these. Each step computes the
-same update as the stateful class (one formula: :mod:`sparse_optim.functional`) out of
-place, so gradients of an outer loss reach the initial weights (second order when
-``track_higher_grads=True``) and the optimizer's meta-parameters, which are the very
-tensors ``opt.meta_parameters()`` returns (not copies).
+same update as the stateful class out of place -- the gated family through
+:func:`sparse_optim.functional.gated_sgd` (one list-level autograd function over the kernels),
+the Kronecker family through :func:`sparse_optim.functional.kronecker_update` and
+:func:`~sparse_optim.functional.adapted_factors` (KFO Eq. 4) -- so gradients of an outer loss
+reach the initial weights (second order when ``track_higher_grads=True``) and the optimizer's
+meta-parameters, which are the very tensors ``opt.meta_parameters()`` returns (not copies).
+Every :class:`~sparse_optim.GatedSGD` subclass is registered, so a new gate needs nothing here.
 """
 from __future__ import annotations
 
@@ -14,11 +17,10 @@ import higher
 import torch
 from higher.optim import DifferentiableOptimizer
 
-from ..functional.gated import gated_update
-from ..ops.autograd import gated_update as fused_gated_update
-from ..functional.kronecker import kronecker_transform, kronecker_update
+from ..functional.gated import gated_sgd
+from ..functional.kronecker import adapted_factors, kronecker_update
 from ..functional.sgd import sgd_direction
-from ..optim import KroneckerSGD, LookaheadLRSGD, MaskedSGD, RectifiedLRSGD, StochasticMaskedSGD
+from ..optim import GatedSGD, KroneckerSGD, StochasticMaskedSGD
 
 Tensor = torch.Tensor
 
@@ -43,7 +45,8 @@ class _MetaDifferentiableOptimizer(DifferentiableOptimizer):
 
 
 class DifferentiableGatedSGD(_MetaDifferentiableOptimizer):
-    """higher version of MaskedSGD / RectifiedLRSGD / LookaheadLRSGD (Eq. refs there)."""
+    """higher version of every :class:`~sparse_optim.GatedSGD` (MaskedSGD, RectifiedLRSGD,
+    LookaheadLRSGD, MetaSGD; equations there)."""
 
     def _logits(self, group_idx: int, p_idx: int) -> Tensor:
         return self._meta[group_idx][p_idx][self._source.meta_key]
@@ -51,17 +54,16 @@ class DifferentiableGatedSGD(_MetaDifferentiableOptimizer):
     def _update(self, grouped_grads, **kwargs) -> None:
         src = self._source
         for group_idx, (group, grads) in enumerate(zip(self.param_groups, grouped_grads)):
-            scale = group["lr"] if src.gate_kind == "step" else 1.0
-            for p_idx, (p, g) in enumerate(zip(group["params"], grads)):
-                if g is None:
-                    continue
-                d = self._direction(group, group_idx, p_idx, p, g)
-                # fused kernel for a numeric scale; a tensor scale (higher override) stays functional
-                update = gated_update if isinstance(scale, Tensor) else fused_gated_update
-                group["params"][p_idx] = update(
-                    p, d, self._logits(group_idx, p_idx), kind=src.gate_kind, scale=scale,
-                    straight_through=group.get("straight_through", True),
-                )
+            idx = [i for i, g in enumerate(grads) if g is not None]
+            if not idx:
+                continue
+            params = group["params"]
+            dirs = [self._direction(group, group_idx, i, params[i], grads[i]) for i in idx]
+            new = gated_sgd([params[i] for i in idx], dirs, [self._logits(group_idx, i) for i in idx],
+                            gate=src.gate, lr=group["lr"], straight_through=group.get("straight_through", True),
+                            backend=src.backend)
+            for i, value in zip(idx, new):
+                params[i] = value
 
 
 class DifferentiableStochasticMaskedSGD(DifferentiableGatedSGD):
@@ -95,29 +97,25 @@ class DifferentiableKroneckerSGD(_MetaDifferentiableOptimizer):
                 state = self.state[group_idx][p_idx]
                 factors = state.get("fast_factors", self._meta[group_idx][p_idx])
                 if group["adapt_factors"] and "previous_direction" in state:
-                    factors = self._adapted(group, factors, state["previous_direction"], g)
+                    factors = adapted_factors(factors, state["previous_direction"], -g if group["maximize"] else g,
+                                              lr=group["lr"], factor_lr=group["factor_inner_lr"],
+                                              create_graph=self._track_higher_grads, **hp)
                 d = self._direction(group, group_idx, p_idx, p, g)
                 group["params"][p_idx] = kronecker_update(p, d, factors, lr=group["lr"], **hp)
                 if group["adapt_factors"]:
                     state["fast_factors"], state["previous_direction"] = factors, d
 
-    def _adapted(self, group, factors: Dict[str, Tensor], direction: Tensor, grad: Tensor) -> Dict[str, Tensor]:
-        signed = -grad if group["maximize"] else grad
-        u = kronecker_transform(direction, factors, variant=group["variant"], depth=group["depth"])
-        surrogate = -group["lr"] * (u * signed.to(u.dtype)).sum()
-        keys = [k for k, v in factors.items() if v.requires_grad]
-        hyper = torch.autograd.grad(surrogate, [factors[k] for k in keys], create_graph=self._track_higher_grads,
-                                    allow_unused=True)
-        new = dict(factors)
-        for k, h in zip(keys, hyper):
-            if h is not None:
-                new[k] = factors[k] - group["factor_inner_lr"] * h
-        return new
+
+def _subclasses(cls) -> List[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub] + _subclasses(sub)
+    return out
 
 
 def register() -> None:
     """Register every optimizer class with ``higher.register_optim``."""
-    for cls in (MaskedSGD, RectifiedLRSGD, LookaheadLRSGD):
-        higher.register_optim(cls, DifferentiableGatedSGD)
-    higher.register_optim(StochasticMaskedSGD, DifferentiableStochasticMaskedSGD)
+    for cls in _subclasses(GatedSGD):
+        higher.register_optim(cls, DifferentiableStochasticMaskedSGD if issubclass(cls, StochasticMaskedSGD)
+                              else DifferentiableGatedSGD)
     higher.register_optim(KroneckerSGD, DifferentiableKroneckerSGD)

@@ -1,6 +1,6 @@
-"""Gated SGD update rules: the elementwise family (pure, out of place, differentiable).
+"""Gated SGD: the elementwise family, and the one dispatcher of its multi-tensor ops.
 
-    p_new = p - scale * gate(xi) * d
+    p_new = p - scale * gate(xi) * d,     scale = lr if the gate is lr-scaled else 1
 
 =================  =======  ======  ================================================
 rule               gate     scale   paper
@@ -8,107 +8,205 @@ rule               gate     scale   paper
 masked_sgd         step     lr      sparse-MAML Eq. 4 (and Eq. 6), straight-through
 rectified_sgd      relu     1       sparse-ReLU-MAML (sparse-MAML Sec. 3.3), straight-through
 lookahead_sgd      relu     1       La-MAML Eq. 7 (inner) / Eq. 8 (meta-update)
+meta_sgd           linear   1       Meta-SGD (Li et al. 2017, Eq. 1)
 =================  =======  ======  ================================================
 
-``d`` is the SGD direction of :func:`sparse_optim.functional.sgd.sgd_direction` (the raw
-gradient with default hyperparameters).
+Gates are defined once in :mod:`sparse_optim.functional.gates`. ``d`` is the SGD direction of
+:func:`sparse_optim.functional.sgd.sgd_direction` (the raw gradient with default hyperparameters).
+
+Three kinds of entry point, in the shape of ``torch.optim.sgd()``:
+
+* :func:`gated_sgd_` / :func:`gated_meta_grad_`: in place, multi-tensor, no graph. The tensors
+  are grouped by (device, dtype) and each group runs on the backend that
+  :func:`sparse_optim.ops.implementation` chooses (native kernels or the reference ops) --
+  the one place a backend is chosen. The optimizer classes only gather lists for these.
+* :func:`gated_sgd`: out of place and differentiable (second order, ``torch.func``), one
+  list-level autograd function over the same kernels (:mod:`sparse_optim.ops.autograd`); used
+  by ``differentiable=True``, the ``higher`` classes and the rules below.
+* :func:`gated_update` / :func:`first_order_meta_grad`: the per-tensor formulas written with
+  autograd-visible tensor ops -- the executable specification that the tests check the others
+  against.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence, TypeVar, Union
+from typing import List, Mapping, Optional, Sequence, Union
 
 import torch
 
-from .gates import gate, gate_derivative
+from .. import ops
+from .gates import Gate, gate, gate_derivative, get_gate
 
-T = TypeVar("T")
-Tensors = Union[Sequence[torch.Tensor], Mapping[str, torch.Tensor]]
+Tensor = torch.Tensor
+Tensors = Union[Sequence[Tensor], Mapping[str, Tensor]]
+GateLike = Union[str, Gate]
 
 
-def gated_step(
-    direction: torch.Tensor,
-    meta: torch.Tensor,
-    *,
-    kind: str,
-    scale: float,
-    straight_through: bool = True,
-) -> torch.Tensor:
+# ------------------------------------------------------------------------- the specification
+def gated_step(direction: Tensor, meta: Tensor, *, kind: GateLike, scale, straight_through: bool = True) -> Tensor:
     """The step ``scale * gate(meta) * direction``, in the meta-parameter's precision."""
     return scale * gate(meta, kind, straight_through) * direction.to(meta.dtype)
 
 
-def gated_update(
-    param: torch.Tensor,
-    direction: torch.Tensor,
-    meta: torch.Tensor,
-    *,
-    kind: str,
-    scale: float,
-    straight_through: bool = True,
-) -> torch.Tensor:
-    """``param - scale * gate(meta) * direction``."""
+def gated_update(param: Tensor, direction: Tensor, meta: Tensor, *, kind: GateLike, scale,
+                 straight_through: bool = True) -> Tensor:
+    """``param - scale * gate(meta) * direction`` (autograd through the gate's definition)."""
     step = gated_step(direction, meta, kind=kind, scale=scale, straight_through=straight_through)
     return param - step.to(param.dtype)
 
 
-def first_order_meta_grad(
-    outer_grad: torch.Tensor,
-    trace: torch.Tensor,
-    meta: torch.Tensor,
-    *,
-    kind: str,
-    scale: float,
-    straight_through: bool = True,
-) -> torch.Tensor:
+def first_order_meta_grad(outer_grad: Tensor, trace: Tensor, meta: Tensor, *, kind: GateLike, scale,
+                          straight_through: bool = True) -> Tensor:
     """First-order meta-gradient dL_out/dxi with inner directions held constant.
 
     phi_K = theta - scale * gate(xi) * sum_k d_k, so
     dL_out/dxi = -scale * g_out * (sum_k d_k) * gate'(xi), with gate' := 1 under straight-through
     estimation: sparse-MAML Eq. 5 / supplement Eq. 10 (masks), La-MAML Eq. 7 first-order
-    (rates, gate' = 1[alpha > 0] unless straight-through).
+    (rates, gate' = 1[alpha > 0] unless straight-through), Meta-SGD (gate' = 1).
     """
     g = -scale * outer_grad.to(meta.dtype) * trace.to(meta.dtype)
     derivative = gate_derivative(meta, kind, straight_through)
     return g if derivative is None else g * derivative
 
 
-def _map(fn, params: Tensors, *others: Tensors):
+# ------------------------------------------------------------------ in-place multi-tensor ops
+def gated_sgd_(
+    params: List[Tensor],
+    grads: List[Tensor],
+    metas: List[Tensor],
+    momentum_buffers: List[Optional[Tensor]],
+    traces: Optional[List[Tensor]],
+    *,
+    gate: GateLike,
+    lr: float,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+    trace_decay: float = 1.0,
+    backend: Optional[str] = None,
+) -> None:
+    """In place, for every i: ``d_i`` = the SGD direction (``torch.optim.SGD`` semantics; None
+    entries of ``momentum_buffers`` are created and filled in), ``params[i] -= scale * gate(metas[i])
+    * d_i`` and, if ``traces`` is given, ``traces[i] = trace_decay * traces[i] + d_i``.
+
+    No graph is recorded. ``backend`` forces ``'reference'`` / ``'cpu'`` / ``'cuda'`` ops.
+    """
+    g = get_gate(gate)
+    run_grouped("gated_sgd_step_", [params, grads, metas, momentum_buffers, traces], backend, written_lists=(3,),
+         kind=g.name, scale=g.scale(lr), weight_decay=weight_decay, momentum=momentum, dampening=dampening,
+         nesterov=nesterov, maximize=maximize, trace_decay=trace_decay)
+
+
+def gated_meta_grad_(
+    meta_grads: List[Tensor],
+    outer_grads: List[Tensor],
+    traces: List[Tensor],
+    metas: List[Tensor],
+    *,
+    gate: GateLike,
+    lr: float,
+    alpha: float = 1.0,
+    straight_through: bool = True,
+    backend: Optional[str] = None,
+) -> None:
+    """In place: ``meta_grads[i] += alpha * -scale * outer_grads[i] * traces[i] * gate'(metas[i])``,
+    ``alpha`` times the first-order meta-gradient of :func:`first_order_meta_grad`. ``meta_grads``
+    may be ``metas`` itself: ``alpha = -meta_lr`` is then an online hypergradient step."""
+    g = get_gate(gate)
+    run_grouped("meta_grad_accumulate_", [meta_grads, outer_grads, traces, metas], backend, written_lists=(),
+         kind=g.name, scale=alpha * g.scale(lr), straight_through=straight_through)
+
+
+def run_grouped(op: str, lists: List[Optional[list]], backend: Optional[str], written_lists, **kw) -> None:
+    """Run ``op`` of the chosen implementation on each (device, dtype) group of ``lists``."""
+    first = lists[0]
+    if not first:
+        return
+    impl = ops.implementation(first[0].device, backend)
+    try:
+        getattr(impl, op)(*lists, **kw)
+        return
+    except NotImplementedError:  # mixed devices / dtypes, or no kernel for them: nothing was written
+        pass
+    n = len(first)
+    full = [lst if lst is not None else [None] * n for lst in lists]
+    _check_matching_shapes(full)
+    groups = torch._C._group_tensors_by_device_and_dtype(full, True)
+    for (device, _), (group_lists, indices) in groups.items():
+        group_lists = [list(lst) for lst in group_lists]
+        args = [lst if lists[k] is not None else None for k, lst in enumerate(group_lists)]
+        impl = ops.implementation(device, backend)
+        try:
+            getattr(impl, op)(*args, **kw)
+        except NotImplementedError:
+            getattr(ops.reference, op)(*args, **kw)
+        for k in written_lists:
+            if lists[k] is not None:
+                for j, i in enumerate(indices):
+                    lists[k][i] = group_lists[k][j]
+
+
+def _check_matching_shapes(lists: List[list]) -> None:
+    """Before a grouped (several-call) update writes anything: every index has one shape."""
+    for i, tensors in enumerate(zip(*lists)):
+        shapes = {tuple(t.shape) for t in tensors if t is not None}
+        if len(shapes) > 1:
+            raise ValueError(f"tensors at index {i} have different shapes {sorted(shapes)}")
+        if any(t is not None and t.layout is not torch.strided for t in tensors):
+            raise ValueError(f"tensors at index {i} must be dense (strided)")
+
+
+# ------------------------------------------------------------------ differentiable, out of place
+def gated_sgd(params: Tensors, directions: Tensors, metas: Tensors, *, gate: GateLike, lr,
+              straight_through: bool = True, backend: Optional[str] = None, meta_name: str = "meta-parameter"):
+    """``params[i] - scale * gate(metas[i]) * directions[i]`` for lists or dicts, out of place.
+
+    Differentiable with respect to params, directions (second order), metas and a tensor ``lr``
+    (e.g. a ``higher`` override), with analytic double-differentiable formulas; the forward pass
+    is one kernel call per (device, dtype) group. Works under ``torch.func`` transforms.
+    ``meta_name`` names the meta-parameters in error messages.
+    """
+    from ..ops.autograd import gated_sgd_update
+
+    g = get_gate(gate)
     if isinstance(params, Mapping):
-        return {k: fn(params[k], *(o[k] for o in others)) for k in params}
-    if len({len(params), *(len(o) for o in others)}) != 1:
-        raise ValueError(
-            f"params, grads and meta-parameters must have the same length, got "
-            f"{[len(params)] + [len(o) for o in others]}"
-        )
-    return [fn(*xs) for xs in zip(params, *others)]
+        keys = list(params)
+        for k in keys:
+            _check_shape(f"{meta_name} {k!r}", params[k], directions[k], metas[k])
+        out = gated_sgd_update([params[k] for k in keys], [directions[k] for k in keys], [metas[k] for k in keys],
+                               g, g.scale(lr), straight_through, backend)
+        return dict(zip(keys, out))
+    params, directions, metas = list(params), list(directions), list(metas)
+    if not len(params) == len(directions) == len(metas):
+        raise ValueError(f"params, grads and meta-parameters must have the same length, got "
+                         f"{[len(params), len(directions), len(metas)]}")
+    for i, (p, d, m) in enumerate(zip(params, directions, metas)):
+        _check_shape(f"{meta_name}[{i}]", p, d, m)
+    return gated_sgd_update(params, directions, metas, g, g.scale(lr), straight_through, backend)
 
 
-def _check_shapes(name: str, meta: torch.Tensor, p: torch.Tensor) -> None:
-    if meta.shape != p.shape:
-        raise ValueError(f"{name} of shape {tuple(meta.shape)} does not match parameter shape {tuple(p.shape)}")
+def _check_shape(where: str, p: Tensor, d: Tensor, m: Tensor) -> None:
+    if m.shape != p.shape:
+        raise ValueError(f"{where} of shape {tuple(m.shape)} does not match parameter shape "
+                         f"{tuple(p.shape)}")
+    if d.shape != p.shape:
+        raise ValueError(f"gradient of {where} has shape {tuple(d.shape)}, but the parameter's shape is "
+                         f"{tuple(p.shape)}")
 
 
-def _gated_sgd(params: Tensors, grads: Tensors, metas: Tensors, meta_name: str, **kw):
-    def one(p, g, m):
-        _check_shapes(meta_name, m, p)
-        _check_shapes("gradient", g, p)
-        return gated_update(p, g, m, **kw)
-
-    return _map(one, params, grads, metas)
-
-
-def masked_sgd(params: Tensors, grads: Tensors, mask_logits: Tensors, *, lr: float = 0.1):
+def masked_sgd(params: Tensors, grads: Tensors, mask_logits: Tensors, *, lr=0.1):
     """sparse-MAML inner step (Eq. 4): ``p - lr * 1[m >= 0] * g``; straight-through in m.
 
     Works on lists or dicts of tensors, returns new tensors; differentiable w.r.t. params
     (second order through ``grads`` if they carry a graph) and mask logits.
     """
-    return _gated_sgd(params, grads, mask_logits, "mask_logits", kind="step", scale=lr)
+    return gated_sgd(params, grads, mask_logits, gate="step", lr=lr, meta_name="mask_logits")
 
 
 def rectified_sgd(params: Tensors, grads: Tensors, rates: Tensors, *, straight_through: bool = True):
     """sparse-ReLU-MAML inner step: ``p - relu(m) * g``; straight-through in m by default."""
-    return _gated_sgd(params, grads, rates, "rates", kind="relu", scale=1.0, straight_through=straight_through)
+    return gated_sgd(params, grads, rates, gate="relu", lr=1.0, straight_through=straight_through, meta_name="rates")
 
 
 def lookahead_sgd(params: Tensors, grads: Tensors, rates: Tensors, *, straight_through: bool = False):
@@ -116,4 +214,10 @@ def lookahead_sgd(params: Tensors, grads: Tensors, rates: Tensors, *, straight_t
 
     ``straight_through=False`` is the official La-MAML derivative (zero where alpha <= 0).
     """
-    return _gated_sgd(params, grads, rates, "rates", kind="relu", scale=1.0, straight_through=straight_through)
+    return gated_sgd(params, grads, rates, gate="relu", lr=1.0, straight_through=straight_through, meta_name="rates")
+
+
+def meta_sgd(params: Tensors, grads: Tensors, rates: Tensors):
+    """Meta-SGD step (Li et al. 2017, Eq. 1): ``p - alpha * g`` with learned per-element rates
+    ``alpha`` of either sign; differentiable w.r.t. params, grads and ``alpha``."""
+    return gated_sgd(params, grads, rates, gate="linear", lr=1.0, meta_name="rates")

@@ -162,3 +162,64 @@ def kronecker_sgd(
     if not (len(params) == len(grads) == len(factors)):
         raise ValueError(f"params, grads and factors must have the same length, got {len(params)}, {len(grads)}, {len(factors)}")
     return [one(p, g, f) for p, g, f in zip(params, grads, factors)]
+
+
+def adapted_factors(
+    factors: Mapping[str, Tensor],
+    previous_direction: Tensor,
+    grad: Tensor,
+    *,
+    lr,
+    factor_lr: float,
+    variant: str = "kronecker",
+    depth: int = 1,
+    create_graph: bool = False,
+    transform=None,
+) -> Dict[str, Tensor]:
+    """KFO Eq. 4 (Algorithm 1): the factors' inner hypergradient step before update t+1,
+
+        xi <- xi - factor_lr * dL(theta_{t+1})/dxi,   dL(theta_{t+1})/dxi = -lr * J_xi U_xi(d_t)^T g_{t+1},
+
+    with ``d_t`` the direction of the previous update (made with ``factors``) and ``grad`` =
+    ``g_{t+1}`` (signed as the update uses it). Returns new tensors ``factors[k] - factor_lr * h_k``;
+    with ``create_graph`` the hypergradients ``h_k`` are differentiable too (second order), else
+    they are constants. ``transform(d, factors)``
+    replaces :func:`kronecker_transform` (e.g. a ``vmap``-ed one over a batch of tasks).
+    """
+    if transform is None:
+        def transform(d, f):
+            return kronecker_transform(d, f, variant=variant, depth=depth)
+    with torch.enable_grad():
+        leaves = factors if create_graph else {k: v.detach().requires_grad_(True) for k, v in factors.items()}
+        keys = [k for k, v in leaves.items() if v.requires_grad]
+        u = transform(previous_direction, leaves)
+        surrogate = -lr * (u * grad.to(u.dtype)).sum()
+        hyper = torch.autograd.grad(surrogate, [leaves[k] for k in keys], create_graph=create_graph,
+                                    allow_unused=True)
+    new = dict(factors)
+    for k, h in zip(keys, hyper):
+        if h is not None:
+            new[k] = factors[k] - factor_lr * h
+    return new
+
+
+def kronecker_sgd_(
+    params: List[Tensor],
+    directions: List[Tensor],
+    factors_list: List[Mapping[str, Tensor]],
+    *,
+    lr: float,
+    variant: str = "kronecker",
+    depth: int = 1,
+    backend: str | None = None,
+) -> None:
+    """In place: ``params[i] -= lr * U(directions[i])`` with one batched op
+    (:mod:`sparse_optim.ops.kronecker`), on the backend :func:`sparse_optim.ops.implementation`
+    chooses. No graph is recorded."""
+    from .. import ops
+
+    if not params:
+        return
+    impl = ops.implementation(params[0].device, backend)
+    op = ops.kronecker if impl is ops.reference else impl
+    op.kronecker_update_(params, directions, factors_list, lr=lr, variant=variant, depth=depth)

@@ -1,16 +1,18 @@
-"""Backend selection for the multi-tensor ops.
+"""Backend selection for the multi-tensor ops: the one place a backend is chosen.
 
 ``reference`` is the pure-PyTorch specification (:mod:`sparse_optim.ops.reference`,
-:mod:`sparse_optim.ops.kronecker`); ``cpu``
-and ``cuda`` are the native kernels of ``csrc/`` when they can be loaded. The environment
-variable ``SPARSE_OPTIM_BACKEND`` (``reference``/``cpu``/``cuda``/``auto``) or
-:func:`set_backend` forces one; ``auto`` (default) uses native kernels where available.
+:mod:`sparse_optim.ops.kronecker`); ``cpu`` and ``cuda`` are the native kernels of ``csrc/``
+(:mod:`sparse_optim.ops.native`) when they can be loaded. The environment variable
+``SPARSE_OPTIM_BACKEND`` (``reference``/``cpu``/``cuda``/``auto``), :func:`set_backend` /
+:func:`use_backend`, or an optimizer's ``backend=`` argument forces one; ``auto`` (default) uses
+native kernels where available. The dispatchers of :mod:`sparse_optim.functional` call
+:func:`implementation` once per (device, dtype) group.
 """
 from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Iterator, List, Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -18,6 +20,7 @@ from . import kronecker, reference
 
 BACKENDS = ("auto", "reference", "cpu", "cuda")
 _forced: Optional[str] = None
+_native_module = None
 
 
 def _requested() -> str:
@@ -25,9 +28,6 @@ def _requested() -> str:
     if name not in BACKENDS:
         raise ValueError(f"SPARSE_OPTIM_BACKEND must be one of {BACKENDS}, got {name!r}")
     return name
-
-
-_native_module = None
 
 
 def _native():
@@ -60,10 +60,11 @@ def use_backend(name: str) -> Iterator[None]:
         _forced = previous
 
 
-def backend(device: Optional[torch.device] = None) -> str:
-    """The backend the ops use for tensors on ``device`` (default: CPU)."""
+def backend(device: Optional[torch.device] = None, requested: Optional[str] = None) -> str:
+    """The backend used for tensors on ``device`` (default: CPU); ``requested`` (an optimizer's
+    ``backend=``) overrides the process-wide choice."""
     device = torch.device("cpu") if device is None else torch.device(device)
-    name = _requested()
+    name = requested or _requested()
     if name == "reference":
         return "reference"
     native = _native()
@@ -76,20 +77,9 @@ def backend(device: Optional[torch.device] = None) -> str:
     return "reference"
 
 
-def _impl(tensors: List[torch.Tensor]):
-    if not tensors:
-        return reference
-    return reference if backend(tensors[0].device) == "reference" else _native()
+def implementation(device: torch.device, requested: Optional[str] = None):
+    """The module whose ops run tensors on ``device``: :mod:`.reference` or :mod:`.native`.
 
-
-def gated_sgd_step_(params, grads, metas, momentum_buffers, traces, **kw) -> None:
-    _impl(params).gated_sgd_step_(params, grads, metas, momentum_buffers, traces, **kw)
-
-
-def meta_grad_accumulate_(meta_grads, outer_grads, traces, metas, **kw) -> None:
-    _impl(meta_grads).meta_grad_accumulate_(meta_grads, outer_grads, traces, metas, **kw)
-
-
-def kronecker_update_(params, directions, factors_list, **kw) -> None:
-    impl = _impl(params)
-    (kronecker if impl is reference else impl).kronecker_update_(params, directions, factors_list, **kw)
+    Native ops raise ``NotImplementedError`` (writing nothing) for inputs they have no kernel
+    for; the dispatchers then regroup or use the reference ops."""
+    return reference if backend(device, requested) == "reference" else _native()

@@ -1,69 +1,101 @@
-"""Differentiable front end of the elementwise kernels (second-order meta-learning).
+"""The differentiable gated update over the kernels (second-order meta-learning).
 
-:func:`gated_update` computes ``p - scale * gate(m) * d`` with one fused kernel pass
-(:func:`sparse_optim.ops.gated_sgd_step_` on a copy of ``p``) and differentiates it with the
-analytic formulas of :func:`sparse_optim.functional.gated.gated_update` (the specification):
+:func:`gated_sgd_update` computes ``p_i - scale * gate(m_i) * d_i`` for a whole list in one
+forward pass (:func:`sparse_optim.functional.gated.gated_sgd_` on copies of the parameters: one
+kernel call per (device, dtype) group) and differentiates it with the analytic formulas of
+:func:`sparse_optim.functional.gated.gated_update` (the specification):
 
-    dL/dp = g,   dL/dd = -scale * gate(m) * g,   dL/dm = -scale * d * g * gate'(m)
+    dL/dp = g,   dL/dd = -scale * gate(m) * g,   dL/dm = -scale * d * g * gate'(m),
+    dL/dscale = -sum_i <gate(m_i) * d_i, g_i>          (a tensor ``scale``, e.g. a higher override)
 
 with ``gate'`` = 1 under straight-through estimation (sparse-MAML Eq. 5 / supplement Eq. 10)
-and ``1[m > 0]`` for the true rectifier derivative (La-MAML Eq. 7). The backward is written
-in differentiable tensor ops, so double backward (second-order MAML) works.
+and the gate's true derivative otherwise (La-MAML Eq. 7: ``1[m > 0]``). The backward is written
+in differentiable tensor ops, so double backward (second-order MAML) works. Under ``torch.func``
+transforms (vmap, grad) and for a tensor ``scale`` the forward uses the same formula in tensor ops.
 """
 from __future__ import annotations
+
+from typing import List, Optional, Sequence
 
 import torch
 from torch.autograd import Function
 
-from ..functional.gates import gate, gate_derivative
+from ..functional.gates import Gate, gate
 
 Tensor = torch.Tensor
+_is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
 
-class _GatedUpdate(Function):
+def _formula(p: Tensor, d: Tensor, m: Tensor, g: Gate, scale) -> Tensor:
+    """The forward value in tensor ops, rounded once to the parameter's precision."""
+    if p.dtype == m.dtype == d.dtype and not isinstance(scale, Tensor):
+        return torch.addcmul(p, g.value(m), d, value=-scale)
+    return (p.to(m.dtype) - scale * g.value(m) * d.to(m.dtype)).to(p.dtype)
+
+
+class _GatedSGDUpdate(Function):
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(param: Tensor, direction: Tensor, meta: Tensor, kind: str, scale: float,
-                straight_through: bool) -> Tensor:
-        from . import gated_sgd_step_
+    def forward(g: Gate, straight_through: bool, backend: Optional[str], n: int, scale, *tensors: Tensor):
+        params, dirs, metas = tensors[:n], tensors[n:2 * n], tensors[2 * n:3 * n]
+        if len(tensors) > 3 * n:
+            scale = tensors[3 * n]
+        if isinstance(scale, Tensor) or any(_is_wrapped(t) for t in tensors):
+            return tuple(_formula(p, d, m, g, scale) for p, d, m in zip(params, dirs, metas))
+        from ..functional.gated import run_grouped
 
-        out = param.detach().clone()
-        gated_sgd_step_([out], [direction.detach()], [meta.detach()], [None], None, kind=kind, scale=scale)
-        return out
+        out = [p.detach().clone() for p in params]
+        run_grouped("gated_sgd_step_", [out, [d.detach() for d in dirs], [m.detach() for m in metas], [None] * n, None],
+                    backend, (), kind=g.name, scale=scale)
+        return tuple(out)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        _, direction, meta, kind, scale, straight_through = inputs
-        ctx.save_for_backward(direction, meta)
-        ctx.kind, ctx.scale, ctx.straight_through = kind, scale, straight_through
+        g, straight_through, _, n, scale, *tensors = inputs
+        ctx.gate, ctx.straight_through, ctx.n = g, straight_through, n
+        ctx.tensor_scale = len(tensors) > 3 * n
+        ctx.scale = None if ctx.tensor_scale else scale
+        ctx.save_for_backward(*tensors[n:])  # directions, metas (and the scale tensor)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
-        direction, meta = ctx.saved_tensors
-        g = grad.to(meta.dtype)
-        grad_param = grad if ctx.needs_input_grad[0] else None
-        grad_direction = None
-        if ctx.needs_input_grad[1]:
-            step = gate(meta, ctx.kind, ctx.straight_through)
-            grad_direction = (-ctx.scale * step * g).to(direction.dtype)
-        grad_meta = None
-        if ctx.needs_input_grad[2]:
-            grad_meta = -ctx.scale * direction.to(meta.dtype) * g
-            derivative = gate_derivative(meta, ctx.kind, ctx.straight_through)
-            if derivative is not None:
-                grad_meta = grad_meta * derivative
-        return grad_param, grad_direction, grad_meta, None, None, None
+    def backward(ctx, *grads: Tensor):
+        n, g = ctx.n, ctx.gate
+        saved = ctx.saved_tensors
+        dirs, metas = saved[:n], saved[n:2 * n]
+        scale = saved[2 * n] if ctx.tensor_scale else ctx.scale
+        need = ctx.needs_input_grad[5:]
+        grad_params: List[Optional[Tensor]] = [gr if need[i] else None for i, gr in enumerate(grads)]
+        grad_dirs: List[Optional[Tensor]] = [None] * n
+        grad_metas: List[Optional[Tensor]] = [None] * n
+        grad_scale = None
+        for i, (gr, d, m) in enumerate(zip(grads, dirs, metas)):
+            if gr is None:
+                continue
+            gm = gr.to(m.dtype)
+            if need[n + i]:
+                grad_dirs[i] = (-scale * gate(m, g, ctx.straight_through) * gm).to(d.dtype)
+            if need[2 * n + i]:
+                gmeta = -scale * d.to(m.dtype) * gm
+                derivative = g.grad_factor(m, ctx.straight_through)
+                grad_metas[i] = gmeta if derivative is None else gmeta * derivative
+            if ctx.tensor_scale and need[3 * n]:
+                term = -(gate(m, g, ctx.straight_through) * d.to(m.dtype) * gm).sum()
+                grad_scale = term if grad_scale is None else grad_scale + term
+        extra = (grad_scale.to(scale.dtype).reshape(scale.shape) if grad_scale is not None else None,) \
+            if ctx.tensor_scale else ()
+        return (None, None, None, None, None, *grad_params, *grad_dirs, *grad_metas, *extra)
 
 
-def gated_update(param: Tensor, direction: Tensor, meta: Tensor, *, kind: str, scale: float,
-                 straight_through: bool = True) -> Tensor:
-    """Fused, differentiable ``param - scale * gate(meta) * direction``.
+def gated_sgd_update(params: Sequence[Tensor], directions: Sequence[Tensor], metas: Sequence[Tensor], g: Gate,
+                     scale, straight_through: bool = True, backend: Optional[str] = None) -> List[Tensor]:
+    """Fused, differentiable ``[p - scale * gate(m) * d]`` over lists (see the module docstring).
 
-    ``scale`` must be a Python number (a tensor learning rate, e.g. a ``higher`` override,
-    goes through :func:`sparse_optim.functional.gated.gated_update` instead).
-    """
-    if isinstance(scale, Tensor):
-        raise TypeError("scale must be a Python number for the fused op; use functional.gated.gated_update")
-    if direction.shape != param.shape or meta.shape != param.shape:
-        raise ValueError(f"direction {tuple(direction.shape)} and meta {tuple(meta.shape)} must match "
-                         f"the parameter shape {tuple(param.shape)}")
-    return _GatedUpdate.apply(param, direction, meta, kind, float(scale), straight_through)
+    ``scale`` is a number or a 0-d tensor (then differentiable too)."""
+    n = len(params)
+    if n == 0:
+        return []
+    extra = (scale,) if isinstance(scale, Tensor) else ()
+    num_scale = None if extra else float(scale)
+    return list(_GatedSGDUpdate.apply(g, straight_through, backend, n, num_scale, *params, *directions, *metas,
+                                      *extra))

@@ -5,7 +5,9 @@ The extension is compiled on first use (:func:`available`) into torch's extensio
 :func:`available` is False, one warning says why, and :mod:`sparse_optim.ops` runs the
 reference ops, which give the same results. Importing this module never builds or raises.
 
-Dtype combinations without a kernel (see ``csrc/dispatch.h``) run on the reference ops too.
+Inputs without a kernel (dtype combinations, see ``csrc/dispatch.h``; lists spanning devices)
+raise ``NotImplementedError`` before anything is written; the dispatchers of
+:mod:`sparse_optim.functional` then regroup them or run the reference ops.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from . import build, kronecker, reference
 
 Tensor = torch.Tensor
 
+_EMPTY: List[Tensor] = []
+_NO_FLAGS: List[bool] = []
 _lock = threading.Lock()
 _loaded: Optional[bool] = None
 _with_cuda = False
@@ -39,7 +43,7 @@ def _register_fakes() -> None:
         return None
 
     @torch.library.register_fake("sparse_optim::meta_grad_accumulate_")
-    def _meta_grad_accumulate_fake(meta_grads, outer_grads, traces, metas, scale, gated) -> None:
+    def _meta_grad_accumulate_fake(meta_grads, outer_grads, traces, metas, kind, scale, straight_through) -> None:
         return None
 
     @torch.library.register_fake("sparse_optim::kronecker_update_")
@@ -115,25 +119,19 @@ def gated_sgd_step_(
     ``momentum_buffers`` are created (filled in the list) when ``momentum != 0``."""
     if not params:
         return
-    buffers: List[Tensor] = []
-    fresh: List[bool] = []
-    if momentum != 0:
-        fresh = [b is None for b in momentum_buffers]
-        buffers = [torch.zeros_like(g) if b is None else b for b, g in zip(momentum_buffers, grads)]
-    try:
-        with torch.no_grad():
-            torch.ops.sparse_optim.gated_sgd_step_(
-                params, grads, metas, buffers, traces or [], fresh, kind, scale, weight_decay, momentum,
-                dampening, nesterov, maximize, trace_decay,
-            )
-    except NotImplementedError:  # a dtype combination or device without a kernel; nothing was written
-        reference.gated_sgd_step_(
-            params, grads, metas, momentum_buffers, traces, kind=kind, scale=scale, weight_decay=weight_decay,
-            momentum=momentum, dampening=dampening, nesterov=nesterov, maximize=maximize, trace_decay=trace_decay,
+    if momentum == 0:
+        torch.ops.sparse_optim.gated_sgd_step_(
+            params, grads, metas, _EMPTY, traces or _EMPTY, _NO_FLAGS, kind, scale, weight_decay, momentum,
+            dampening, nesterov, maximize, trace_decay,
         )
         return
-    if momentum != 0:
-        momentum_buffers[:] = buffers
+    fresh = [b is None for b in momentum_buffers]
+    buffers = [torch.zeros_like(g) if b is None else b for b, g in zip(momentum_buffers, grads)]
+    torch.ops.sparse_optim.gated_sgd_step_(
+        params, grads, metas, buffers, traces or _EMPTY, fresh, kind, scale, weight_decay, momentum,
+        dampening, nesterov, maximize, trace_decay,
+    )
+    momentum_buffers[:] = buffers
 
 
 def meta_grad_accumulate_(
@@ -147,16 +145,9 @@ def meta_grad_accumulate_(
     straight_through: bool,
 ) -> None:
     """:func:`sparse_optim.ops.reference.meta_grad_accumulate_` in one kernel call."""
-    if not meta_grads:
-        return
-    gated = not (kind == "step" or straight_through)  # as in the reference: only relu has a real gate'
-    try:
-        with torch.no_grad():
-            torch.ops.sparse_optim.meta_grad_accumulate_(meta_grads, outer_grads, traces, metas, scale, gated)
-    except NotImplementedError:  # a dtype combination or device without a kernel; nothing was written
-        reference.meta_grad_accumulate_(
-            meta_grads, outer_grads, traces, metas, kind=kind, scale=scale, straight_through=straight_through,
-        )
+    if meta_grads:
+        torch.ops.sparse_optim.meta_grad_accumulate_(meta_grads, outer_grads, traces, metas, kind, scale,
+                                                     straight_through)
 
 
 def kronecker_update_(

@@ -11,6 +11,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from ..functional.gates import get_gate
+
 Tensor = torch.Tensor
 
 
@@ -57,12 +59,6 @@ def sgd_directions(
     return bufs
 
 
-def _gates(metas: List[Tensor], kind: str, dtype_like: List[Tensor]) -> List[Tensor]:
-    if kind == "step":
-        return [m.ge(0).to(t.dtype) for m, t in zip(metas, dtype_like)]
-    return torch._foreach_clamp_min(metas, 0.0)
-
-
 def gated_sgd_step_(
     params: List[Tensor],
     grads: List[Tensor],
@@ -81,9 +77,11 @@ def gated_sgd_step_(
 ) -> None:
     """In place: ``p -= scale * gate(m) * d`` and ``trace = trace_decay * trace + d``.
 
-    sparse-MAML Eq. 4 (kind='step', scale=lr); sparse-ReLU-MAML / La-MAML Eq. 7-8
-    (kind='relu', scale=1). ``d`` as in :func:`sgd_directions`.
+    ``gate`` is the registered gate ``kind`` (:mod:`sparse_optim.functional.gates`): sparse-MAML
+    Eq. 4 (kind='step', scale=lr); sparse-ReLU-MAML / La-MAML Eq. 7-8 (kind='relu', scale=1);
+    Meta-SGD (kind='linear', scale=1). ``d`` as in :func:`sgd_directions`.
     """
+    gate = get_gate(kind)
     if not params:
         return
     with torch.no_grad():
@@ -92,8 +90,7 @@ def gated_sgd_step_(
             dampening=dampening, nesterov=nesterov, maximize=maximize,
         )
         if _same_dtype(params, metas, dirs, traces or []):
-            gates = _gates(metas, kind, params)
-            torch._foreach_addcmul_(params, gates, dirs, value=-scale)
+            torch._foreach_addcmul_(params, [gate.value(m) for m in metas], dirs, value=-scale)
             if traces is not None:
                 if trace_decay != 1.0:
                     torch._foreach_mul_(traces, trace_decay)
@@ -101,8 +98,7 @@ def gated_sgd_step_(
             return
         for i, (p, d, m) in enumerate(zip(params, dirs, metas)):
             d32 = d.to(m.dtype)
-            g = m.ge(0).to(m.dtype) if kind == "step" else m.clamp_min(0)
-            p.copy_(p.to(m.dtype) - scale * g * d32)  # one rounding to the parameter's precision
+            p.copy_(p.to(m.dtype) - scale * gate.value(m) * d32)  # one rounding to the parameter's precision
             if traces is not None:
                 t = traces[i]
                 if trace_decay != 1.0:
@@ -124,15 +120,16 @@ def meta_grad_accumulate_(
 
     The first-order meta-gradient of :func:`sparse_optim.functional.gated.first_order_meta_grad`.
     """
+    gate = get_gate(kind)
     if not meta_grads:
         return
     with torch.no_grad():
-        gated = not (kind == "step" or straight_through)
+        gated = not gate.straight_through(straight_through)
         if not gated and _same_dtype(meta_grads, outer_grads, traces):
             torch._foreach_addcmul_(meta_grads, outer_grads, traces, value=-scale)
             return
         for mg, g, t, m in zip(meta_grads, outer_grads, traces, metas):
             prod = g.to(mg.dtype) * t.to(mg.dtype)
             if gated:
-                prod = prod * (m > 0).to(mg.dtype)
+                prod = prod * gate.derivative(m).to(mg.dtype)
             mg.add_(prod, alpha=-scale)

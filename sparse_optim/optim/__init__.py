@@ -1,5 +1,6 @@
 from .base import MetaOptimizer
-from .gated import LookaheadLRSGD, MaskedSGD, RectifiedLRSGD, StochasticMaskedSGD
+from .episode import Episode, first_order_episode
+from .gated import GatedSGD, LookaheadLRSGD, MaskedSGD, MetaSGD, RectifiedLRSGD, StochasticMaskedSGD
 from .kronecker import KroneckerSGD
 
-__all__ = ["MetaOptimizer", "MaskedSGD", "RectifiedLRSGD", "LookaheadLRSGD", "KroneckerSGD", "StochasticMaskedSGD"]
+__all__ = ["MetaOptimizer", "GatedSGD", "MetaSGD", "Episode", "first_order_episode", "MaskedSGD", "RectifiedLRSGD", "LookaheadLRSGD", "KroneckerSGD", "StochasticMaskedSGD"]

@@ -1,14 +1,14 @@
-"""Shared machinery of the meta-optimizers: meta-parameters, episodes, meta-steps, state.
+"""Shared machinery of the meta-optimizers: meta-parameters, the step plumbing, state.
 
-Subclasses provide the update rule (:meth:`MetaOptimizer._update`), how meta-parameters
-are created (:meth:`_create_meta`), the first-order meta-gradient
-(:meth:`_accumulate_meta_grads`) and the theta-update of :meth:`meta_step`.
+A subclass provides the update rule (:meth:`MetaOptimizer._update`, which only gathers lists
+for a :mod:`sparse_optim.functional` dispatcher), how meta-parameters are created
+(:meth:`_create_meta`), its trace type (:mod:`.traces`), the first-order meta-gradient
+(:meth:`_accumulate_meta_grads`) and the theta-update of :meth:`meta_step`. Episodes
+(:mod:`.episode`) and the non-finite policy (:mod:`.nonfinite`) are pieces of their own.
 """
 from __future__ import annotations
 
-import warnings
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -16,19 +16,35 @@ from torch.optim import Optimizer
 
 from .. import ops
 from .._validation import check_choice, check_grad, check_param, check_rate
-
-NONFINITE_POLICIES = ("skip", "raise", "propagate")
+from .episode import Episode
+from .nonfinite import POLICIES as NONFINITE_POLICIES
+from .nonfinite import NonFinitePolicy
+from .traces import DirectionSums
 
 Tensor = torch.Tensor
 
 
-@dataclass
-class _Episode:
-    theta: Dict[Tensor, Tensor]
-    stashed_grads: Dict[Tensor, Optional[Tensor]]
-    stashed_momentum: Dict[Tensor, Tensor]
-    outer_grads: Dict[Tensor, Tensor] = field(default_factory=dict)
-    steps: int = 0
+class _GroupPlan:
+    """What a step of one param group needs, computed when the group's hyperparameters or
+    parameters change (checked by identity on every step), not on every step."""
+
+    __slots__ = ("group", "values", "count", "params", "metas")
+
+    def __init__(self, group: Dict[str, Any], metas: Optional[List[Tensor]]) -> None:
+        self.group = group
+        self.values = list(group.values())
+        self.count = len(group["params"])
+        self.params: List[Tensor] = list(group["params"])
+        self.metas = metas
+
+    def current(self, group: Dict[str, Any]) -> bool:
+        values = self.values
+        if len(group) != len(values) or len(group["params"]) != self.count:
+            return False
+        for a, b in zip(group.values(), values):
+            if a is not b:
+                return False
+        return True
 
 
 class MetaOptimizer(Optimizer):
@@ -55,25 +71,41 @@ class MetaOptimizer(Optimizer):
 
     Plain ``step()`` behaves like ``torch.optim.SGD`` (use ``torch.amp.GradScaler`` to skip
     overflowing steps); inside an episode a bad inner gradient only reaches the trace, which
-    :meth:`meta_backward` rejects, and theta is restored when the episode ends.
+    :meth:`meta_backward` rejects, and theta is restored when the episode ends. Hyperparameters
+    are validated when they change (e.g. by a scheduler), gradients by the ops: a step that
+    raises changes no parameter and no state.
     """
 
     meta_lr_name = "meta_lr"
     default_update_params = False
+    trace_type: Callable[[], Any] = DirectionSums
 
     def __init__(self, params: Any, defaults: Dict[str, Any], nonfinite: str = "skip",
                  backend: Optional[str] = None) -> None:
-        self.nonfinite = check_choice("nonfinite", nonfinite, NONFINITE_POLICIES)
+        self._nonfinite = NonFinitePolicy(nonfinite)
         if backend is not None:
             check_choice("backend", backend, ops.BACKENDS)
-        self.backend = backend
-        self.skipped_updates = 0
+        self.backend = None if backend == "auto" else backend
         self._meta: Dict[Tensor, Dict[str, Tensor]] = {}
         self._names: Dict[Tensor, str] = {}
-        self._traces: Dict[Tensor, Any] = {}
-        self._episode: Optional[_Episode] = None
+        self._trace = self.trace_type()
+        self._episode: Optional[Episode] = None
+        self._plans: List[_GroupPlan] = []
         self._validate_hparams(defaults)
         super().__init__(params, defaults)
+
+    @property
+    def nonfinite(self) -> str:
+        return self._nonfinite.policy
+
+    @nonfinite.setter
+    def nonfinite(self, policy: str) -> None:
+        self._nonfinite.policy = check_choice("nonfinite", policy, NONFINITE_POLICIES)
+
+    @property
+    def skipped_updates(self) -> int:
+        """How many meta-parameter updates the non-finite policy skipped."""
+        return self._nonfinite.skipped
 
     # ------------------------------------------------------------------ hooks
     def _validate_hparams(self, group: Dict[str, Any]) -> None:
@@ -86,7 +118,12 @@ class MetaOptimizer(Optimizer):
     def _create_meta(self, param: Tensor, group: Dict[str, Any]) -> Dict[str, Tensor]:
         raise NotImplementedError
 
-    def _update(self, group: Dict[str, Any], params: List[Tensor], grads: List[Tensor], record: bool) -> None:
+    def _group_metas(self, params: List[Tensor]) -> Optional[List[Tensor]]:
+        """Per-parameter tensors a group's plan caches for the update (default: none)."""
+        return None
+
+    def _update(self, group: Dict[str, Any], params: List[Tensor], grads: List[Tensor],
+                metas: Optional[List[Tensor]], record: bool) -> None:
         raise NotImplementedError
 
     def _accumulate_meta_grads(self, group: Dict[str, Any], params: List[Tensor], outer_grads: List[Tensor]) -> None:
@@ -119,6 +156,21 @@ class MetaOptimizer(Optimizer):
         for p, name in zip(group["params"], names):
             self._meta[p] = created[p]
             self._names[p] = name
+        self._plans = []
+
+    def _current_plans(self) -> List[_GroupPlan]:
+        """One plan per group; hyperparameters are re-validated when they changed."""
+        plans, groups = self._plans, self.param_groups
+        if len(plans) == len(groups):
+            for plan, group in zip(plans, groups):
+                if plan.group is not group or not plan.current(group):
+                    break
+            else:
+                return plans
+        for group in groups:
+            self._validate_hparams(group)
+        self._plans = [_GroupPlan(g, self._group_metas(list(g["params"]))) for g in groups]
+        return self._plans
 
     # ------------------------------------------------------ meta-parameters
     def named_meta_parameters(self) -> Iterator[Tuple[str, Tensor]]:
@@ -146,8 +198,7 @@ class MetaOptimizer(Optimizer):
         return params, [p.grad for p in params]
 
     def _check_all_grads(self) -> None:
-        """Validate hyperparameters (schedulers may have changed them) and gradients of every
-        group before anything is modified, so a failing step changes nothing."""
+        """Hyperparameters and gradients of every group, with errors naming the parameter."""
         for group in self.param_groups:
             self._validate_hparams(group)
             for p in group["params"]:
@@ -159,16 +210,32 @@ class MetaOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._check_all_grads()
-        record = self._episode is not None
-        with self._ops_backend():
-            for group in self.param_groups:
-                params, grads = self._params_with_grad(group)
-                if params:
-                    with torch.set_grad_enabled(bool(group.get("differentiable", False))):
-                        self._update(group, params, grads, record or group.get("online", False))
-        if self._episode is not None:
-            self._episode.steps += 1
+        plans = self._current_plans()
+        if len(plans) > 1:
+            self._check_all_grads()  # several calls: check everything before the first one writes
+        episode = self._episode
+        for plan in plans:
+            group = plan.group
+            params, metas = plan.params, plan.metas
+            grads = [p.grad for p in params]
+            if any(g is None for g in grads):
+                keep = [i for i, g in enumerate(grads) if g is not None]
+                if not keep:
+                    continue
+                params, grads = [params[i] for i in keep], [grads[i] for i in keep]
+                metas = None if metas is None else [metas[i] for i in keep]
+            record = episode is not None or group.get("online", False)
+            try:
+                if group["differentiable"]:
+                    with torch.enable_grad():
+                        self._update(group, params, grads, metas, record)
+                else:
+                    self._update(group, params, grads, metas, record)
+            except (RuntimeError, ValueError, TypeError):
+                self._check_all_grads()  # name the parameter where the op's error allows it
+                raise
+        if episode is not None:
+            episode.steps += 1
         return loss
 
     # -------------------------------------------------------------- episode
@@ -183,34 +250,16 @@ class MetaOptimizer(Optimizer):
             raise RuntimeError("nested episodes are not supported: leave the current opt.episode() first")
         if any(g.get("online", False) for g in self.param_groups):
             raise RuntimeError("episode() cannot be used with online=True param groups")
-        params = [p for g in self.param_groups for p in g["params"]]
-        ep = _Episode(
-            theta={p: p.detach().clone() for p in params},
-            stashed_grads={p: p.grad for p in params},
-            stashed_momentum={p: self.state[p].pop("momentum_buffer") for p in params
-                              if "momentum_buffer" in self.state.get(p, {})},
-        )
-        for p in params:
-            p.grad = None
-        self._traces = {}
+        ep = Episode(self._ordered_params(), self.state)
+        self._trace.clear()
         self._episode = ep
         self._episode_started()
         try:
             yield self
         finally:
             self._episode = None
-            self._traces = {}
-            with torch.no_grad():
-                for p in params:
-                    p.copy_(ep.theta[p])
-                    stashed, outer = ep.stashed_grads[p], ep.outer_grads.get(p)
-                    if outer is None:
-                        p.grad = stashed
-                    else:
-                        p.grad = outer.to(p.dtype) if stashed is None else stashed.add_(outer.to(stashed.dtype))
-                    self.state[p].pop("momentum_buffer", None)
-                    if p in ep.stashed_momentum:
-                        self.state[p]["momentum_buffer"] = ep.stashed_momentum[p]
+            self._trace.clear()
+            ep.restore()
             self._episode_ended()
 
     def meta_backward(self) -> None:
@@ -224,47 +273,18 @@ class MetaOptimizer(Optimizer):
             raise RuntimeError("meta_backward(): no inner step was taken in this episode, there is no trace")
         self._check_all_grads()
         outer = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if not self._all_finite(outer + self._trace_tensors()):
+        if not self._nonfinite.all_finite(outer + self._trace.tensors()):
             return self._reject_nonfinite("meta_backward")
-        with torch.no_grad(), self._ops_backend():
+        with torch.no_grad():
             for group in self.param_groups:
                 params, grads = self._params_with_grad(group)
-                traced = [(p, g) for p, g in zip(params, grads) if p in self._traces]
+                traced = [(p, g) for p, g in zip(params, grads) if p in self._trace]
                 if traced:
                     self._accumulate_meta_grads(group, [p for p, _ in traced], [g for _, g in traced])
-                for p, g in zip(params, grads):
-                    acc = ep.outer_grads.get(p)
-                    ep.outer_grads[p] = g.detach().clone() if acc is None else acc.add_(g)
-
-    def _ops_backend(self):
-        return nullcontext() if self.backend is None else ops.use_backend(self.backend)
-
-    def _all_finite(self, tensors: List[Tensor]) -> bool:
-        tensors = [t for t in tensors if t is not None and t.numel() > 0]
-        if self.nonfinite == "propagate" or not tensors:
-            return True
-        by_device: Dict[Any, List[Tensor]] = {}
-        for t in tensors:
-            by_device.setdefault((t.device, t.dtype), []).append(t)
-        return all(bool(torch.stack(torch._foreach_norm(ts, float("inf"))).isfinite().all())
-                   for ts in by_device.values())
+        ep.record_outer_gradients()
 
     def _reject_nonfinite(self, where: str) -> None:
-        """Apply the non-finite policy for an update that was not made."""
-        message = f"{type(self).__name__}.{where}: non-finite gradients; nothing was updated"
-        if self.nonfinite == "raise":
-            raise FloatingPointError(message)
-        self.skipped_updates += 1
-        warnings.warn(message + " (skipped)", RuntimeWarning, stacklevel=3)
-
-    def _trace_tensors(self) -> List[Tensor]:
-        out: List[Tensor] = []
-        for t in self._traces.values():
-            if isinstance(t, Tensor):
-                out.append(t)
-            else:
-                out.extend(d for d, _ in t)
-        return out
+        self._nonfinite.reject(f"{type(self).__name__}.{where}")
 
     def _meta_grad_buffer(self, meta: Tensor) -> Tensor:
         if meta.grad is None:
@@ -290,9 +310,9 @@ class MetaOptimizer(Optimizer):
         checked = [t.grad for t in self.meta_parameters()]
         if update_params:
             checked += [p.grad for p in self._ordered_params()]
-        if not self._all_finite(checked):
+        if not self._nonfinite.all_finite(checked):
             return self._reject_nonfinite("meta_step")
-        with torch.no_grad(), self._ops_backend():
+        with torch.no_grad():
             for group in self.param_groups:
                 lr = group[self.meta_lr_name]
                 for p in group["params"]:
@@ -317,7 +337,7 @@ class MetaOptimizer(Optimizer):
         sd["meta_state"] = {
             i: {
                 "meta": {k: t.detach().clone() for k, t in self._meta[p].items()},
-                "trace": _clone_tree(self._traces.get(p)),
+                "trace": self._trace.state(p),
             }
             for i, p in enumerate(self._ordered_params())
         }
@@ -356,13 +376,12 @@ class MetaOptimizer(Optimizer):
         state_dict["state"] = _clone_tree(state_dict.get("state", {}))
         super().load_state_dict(state_dict)
         with torch.no_grad():
-            self._traces = {}
+            self._trace.clear()
             for i, p in enumerate(params):
                 for k, t in self._meta[p].items():
                     t.copy_(meta_state[i]["meta"][k])
-                trace = meta_state[i].get("trace")
-                if trace is not None:
-                    self._traces[p] = _clone_tree(trace, like=p)
+                self._trace.load(p, meta_state[i].get("trace"))
+        self._plans = []
 
 
 def _clone_tree(x: Any, like: Optional[Tensor] = None) -> Any:

@@ -1,6 +1,6 @@
-"""The elementwise family: MaskedSGD, RectifiedLRSGD, LookaheadLRSGD.
+"""The elementwise family: MaskedSGD, StochasticMaskedSGD, RectifiedLRSGD, LookaheadLRSGD, MetaSGD.
 
-All three update ``p <- p - scale * gate(xi) * d`` with per-element meta-parameters xi of the
+All update ``p <- p - scale * gate(xi) * d`` with per-element meta-parameters xi of the
 parameter's shape (see :mod:`sparse_optim.functional.gated` for the math).
 """
 from __future__ import annotations
@@ -10,22 +10,30 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .. import ops
+from .. import functional as F
 from .._validation import check_choice, check_fraction, check_rate, check_real, meta_dtype
-from ..ops.autograd import gated_update as fused_gated_update
-from ..functional.gates import frozen
+from ..functional.gates import get_gate
 from ..functional.sgd import sgd_direction
 from .base import MetaOptimizer
 
 Tensor = torch.Tensor
 
 
-class _GatedSGD(MetaOptimizer):
+class GatedSGD(MetaOptimizer):
+    """The elementwise family: ``p <- p - scale * gate(xi) * d`` (:mod:`sparse_optim.functional.gated`).
+
+    A subclass names its gate kind (:mod:`sparse_optim.functional.gates`), the key and learning
+    rate of its meta-parameters, and how they are initialised (:meth:`_create_meta`); the step,
+    traces, meta-gradients, online mode, ``differentiable=True``, ``higher`` and the kernels
+    follow from the gate.
+    """
+
     gate_kind = "step"
     meta_key = "meta"
 
-    def _scale(self, group: Dict[str, Any]) -> float:
-        return group["lr"] if self.gate_kind == "step" else 1.0
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.gate = get_gate(cls.gate_kind)
 
     def _straight_through(self, group: Dict[str, Any]) -> bool:
         return group.get("straight_through", True)
@@ -34,6 +42,8 @@ class _GatedSGD(MetaOptimizer):
         super()._validate_hparams(group)
         if "online_decay" in group:
             check_fraction("online_decay", group["online_decay"])
+        if group.get("online") and group.get("differentiable"):
+            raise ValueError("online=True is not supported together with differentiable=True")
 
     def _logits(self, p: Tensor) -> Tensor:
         """The meta-parameter tensor the gate reads for parameter ``p``."""
@@ -42,81 +52,80 @@ class _GatedSGD(MetaOptimizer):
     def _metas(self, params: List[Tensor]) -> List[Tensor]:
         return [self._logits(p) for p in params]
 
+    def _group_metas(self, params: List[Tensor]) -> Optional[List[Tensor]]:
+        return self._metas(params)
+
     def _logit_grad_buffer(self, p: Tensor) -> Tensor:
         return self._meta_grad_buffer(self._logits(p))
 
     def _logit_grads_done(self, params: List[Tensor], buffers: List[Tensor]) -> None:
         """Hook for meta-parameters that generate the logits (sparse-MAML+)."""
 
-    def _trace(self, p: Tensor, meta: Tensor) -> Tensor:
-        t = self._traces.get(p)
-        if t is None:
-            t = self._traces[p] = torch.zeros_like(meta)
-        return t
+    def _momentum_buffers(self, params: List[Tensor]) -> List[Optional[Tensor]]:
+        state = self.state
+        return [state[p].get("momentum_buffer") if p in state else None for p in params]
 
-    def _update_differentiable(self, group, params, grads, record):
-        """``differentiable=True``: the same update as autograd-visible tensor ops (straight-through
-        gates), so gradients reach the meta-parameters, the incoming gradients and earlier steps."""
+    def _store_momentum_buffers(self, params: List[Tensor], buffers: List[Optional[Tensor]]) -> None:
+        for p, b in zip(params, buffers):
+            self.state[p]["momentum_buffer"] = b
+
+    def _update_differentiable(self, group, params, grads, metas, record):
+        """``differentiable=True``: the same update recorded by autograd (straight-through gates),
+        so gradients reach the meta-parameters, the incoming gradients and earlier steps."""
+        dirs = []
         for p, g in zip(params, grads):
-            state = self.state[p]
-            d, buf = sgd_direction(g, p, state.get("momentum_buffer"), weight_decay=group["weight_decay"],
+            d, buf = sgd_direction(g, p, self.state[p].get("momentum_buffer"), weight_decay=group["weight_decay"],
                                    momentum=group["momentum"], dampening=group["dampening"],
                                    nesterov=group["nesterov"], maximize=group["maximize"])
             if buf is not None:
-                state["momentum_buffer"] = buf
-            m = self._logits(p)
-            p.copy_(fused_gated_update(p, d, m, kind=self.gate_kind, scale=self._scale(group),
-                                       straight_through=self._straight_through(group)))
-            if record:
-                self._trace(p, m).add_(d.detach().to(m.dtype))
+                self.state[p]["momentum_buffer"] = buf
+            dirs.append(d)
+        new = F.gated_sgd(params, dirs, metas, gate=self.gate, lr=group["lr"],
+                          straight_through=self._straight_through(group), backend=self.backend)
+        for p, value in zip(params, new):
+            p.copy_(value)
+        if record:
+            for t, d in zip(self._trace.for_params(params, metas), dirs):
+                t.add_(d.detach().to(t.dtype))
 
-    def _update(self, group, params, grads, record):
-        if group.get("differentiable", False):
-            if group.get("online", False):
-                raise ValueError("online=True is not supported together with differentiable=True")
-            return self._update_differentiable(group, params, grads, record)
-        metas = self._metas(params)
-        kind, scale = self.gate_kind, self._scale(group)
+    def _update(self, group, params, grads, metas, record):
+        if metas is None or len(metas) != len(params):
+            metas = self._metas(params)
+        if group["differentiable"]:
+            return self._update_differentiable(group, params, grads, metas, record)
         online = group.get("online", False) and self._episode is None
-        if online and not self._all_finite(list(grads)):
-            return self._reject_nonfinite("step (online)")
         if online:
+            if not self._nonfinite.all_finite(list(grads)):
+                return self._reject_nonfinite("step (online)")
             # hypergradient step: this gradient is the outer gradient of the previous trace
-            traced = [i for i, p in enumerate(params) if p in self._traces]
+            traced = [i for i, p in enumerate(params) if p in self._trace]
             if traced:
                 signed = [(-grads[i] if group["maximize"] else grads[i]) for i in traced]
-                ops.meta_grad_accumulate_(
-                    [metas[i] for i in traced], signed, [self._traces[params[i]] for i in traced],
-                    [metas[i] for i in traced], kind=kind, scale=-group[self.meta_lr_name] * scale,
-                    straight_through=self._straight_through(group),
-                )
-        buffers = [self.state[p].get("momentum_buffer") for p in params] if group["momentum"] else [None] * len(params)
-        traces = [self._trace(p, m) for p, m in zip(params, metas)] if record else None
-        ops.gated_sgd_step_(
-            params, grads, metas, buffers, traces, kind=kind, scale=scale,
-            weight_decay=group["weight_decay"], momentum=group["momentum"], dampening=group["dampening"],
-            nesterov=group["nesterov"], maximize=group["maximize"],
-            trace_decay=group.get("online_decay", 0.0) if online else 1.0,
+                traced_metas = [metas[i] for i in traced]
+                F.gated_meta_grad_(traced_metas, signed, [self._trace[params[i]] for i in traced], traced_metas,
+                                   gate=self.gate, lr=group["lr"], alpha=-group[self.meta_lr_name],
+                                   straight_through=self._straight_through(group), backend=self.backend)
+        momentum = group["momentum"]
+        buffers = self._momentum_buffers(params) if momentum else [None] * len(params)
+        F.gated_sgd_(
+            params, grads, metas, buffers, self._trace.for_params(params, metas) if record else None,
+            gate=self.gate, lr=group["lr"], weight_decay=group["weight_decay"], momentum=momentum,
+            dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"],
+            trace_decay=group.get("online_decay", 0.0) if online else 1.0, backend=self.backend,
         )
-        if group["momentum"]:
-            for p, b in zip(params, buffers):
-                self.state[p]["momentum_buffer"] = b
+        if momentum:
+            self._store_momentum_buffers(params, buffers)
 
     def _accumulate_meta_grads(self, group, params, outer_grads):
-        metas = self._metas(params)
         buffers = [self._logit_grad_buffer(p) for p in params]
-        ops.meta_grad_accumulate_(
-            buffers, outer_grads, [self._traces[p] for p in params], metas,
-            kind=self.gate_kind, scale=self._scale(group), straight_through=self._straight_through(group),
-        )
+        F.gated_meta_grad_(buffers, outer_grads, [self._trace[p] for p in params], self._metas(params),
+                           gate=self.gate, lr=group["lr"], straight_through=self._straight_through(group),
+                           backend=self.backend)
         self._logit_grads_done(params, buffers)
 
     def _update_params_with_meta(self, group, params, grads):
-        ops.gated_sgd_step_(
-            params, grads, self._metas(params), [None] * len(params), None,
-            kind=self.gate_kind, scale=self._scale(group),
-            weight_decay=0.0, momentum=0.0, dampening=0.0, nesterov=False, maximize=group["maximize"],
-        )
+        F.gated_sgd_(params, grads, self._metas(params), [None] * len(params), None, gate=self.gate,
+                     lr=group["lr"], maximize=group["maximize"], backend=self.backend)
 
     def sparsity(self) -> Dict[str, Any]:
         """Fraction of frozen coordinates (gate = 0): ``{'overall': f, 'per_parameter': {name: f}}``.
@@ -127,7 +136,7 @@ class _GatedSGD(MetaOptimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 m = self._logits(p)
-                n = int(frozen(m.detach(), self.gate_kind).sum())
+                n = int(self.gate.frozen(m.detach()).sum())
                 per[self._names[p]] = n / max(m.numel(), 1)
                 frozen_total += n
                 total += m.numel()
@@ -141,7 +150,7 @@ def _fan_in(p: Tensor) -> int:
     return max(p.shape[1] * math.prod(p.shape[2:]), 1)
 
 
-class MaskedSGD(_GatedSGD):
+class MaskedSGD(GatedSGD):
     r"""sparse-MAML: SGD through learned binary gradient masks.
 
     Update (sparse-MAML Eq. 4): ``p <- p - lr * 1[m >= 0] * d`` with mask logits ``m`` of the
@@ -219,7 +228,7 @@ class MaskedSGD(_GatedSGD):
         return {self.meta_key: m.requires_grad_(True)}
 
 
-class RectifiedLRSGD(_GatedSGD):
+class RectifiedLRSGD(GatedSGD):
     r"""sparse-ReLU-MAML: per-element learning rates ``relu(m)``.
 
     Update (sparse-MAML Sec. 3.3, Eq. 4 with 1[m >= 0] replaced by (m)_+):
@@ -285,6 +294,52 @@ class RectifiedLRSGD(_GatedSGD):
             m = torch.empty(param.shape, dtype=dtype, device=param.device).uniform_(lo, hi)
         else:
             m = torch.full(param.shape, float(group["lr"]), dtype=dtype, device=param.device)
+        return {self.meta_key: m.requires_grad_(True)}
+
+
+class MetaSGD(GatedSGD):
+    r"""Meta-SGD (Li et al. 2017): learned per-element learning rates of either sign.
+
+    Update (Meta-SGD Eq. 1): ``p <- p - alpha * d`` with rates ``alpha`` of the parameter's shape,
+    initialised to ``lr``; a baseline of sparse-MAML Table 1 and KFO Table 2. First-order
+    meta-gradient (inner directions held constant): ``dL/dalpha = -g_out * sum_k d_k``;
+    :meth:`meta_step` is ``alpha <- alpha - rate_lr * dL/dalpha``. Second order through
+    ``differentiable=True``, ``higher`` or :func:`sparse_optim.functional.meta_sgd`. Rates are
+    not clipped: a negative rate ascends (sparsity counts rates that are exactly 0).
+
+    Args:
+        lr: initial rate alpha_0 (default 0.1).
+        rate_lr: meta learning rate of :meth:`meta_step` (default 0.01).
+        Others as :class:`MaskedSGD`.
+    """
+
+    gate_kind = "linear"
+    meta_key = "rates"
+    meta_lr_name = "rate_lr"
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 0.1,
+        rate_lr: float = 0.01,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+        online: bool = False,
+        online_decay: float = 0.0,
+        differentiable: bool = False,
+        nonfinite: str = "skip",
+        backend: Optional[str] = None,
+    ) -> None:
+        defaults = dict(lr=lr, rate_lr=rate_lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                        weight_decay=weight_decay, maximize=maximize, online=online, online_decay=online_decay,
+                        differentiable=differentiable)
+        super().__init__(params, defaults, nonfinite=nonfinite, backend=backend)
+
+    def _create_meta(self, param, group):
+        m = torch.full(param.shape, float(group["lr"]), dtype=meta_dtype(param), device=param.device)
         return {self.meta_key: m.requires_grad_(True)}
 
 
@@ -415,12 +470,15 @@ class StochasticMaskedSGD(MaskedSGD):
         with torch.no_grad():
             return self._generate(p, torch.zeros_like(self._meta[p]["mu"]))
 
-    def _update(self, group, params, grads, record):
+    def _group_metas(self, params):
+        return None  # sampled logits change between steps
+
+    def _update(self, group, params, grads, metas, record):
         if self._episode is None:
             for p in params:
                 if self.meta_key not in self._meta[p]:
                     self._sample(p)
-        super()._update(group, params, grads, record)
+        super()._update(group, params, grads, None, record)
 
     def _logit_grad_buffer(self, p):
         if self.meta_key in self._meta[p]:

@@ -5,12 +5,12 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .. import ops
 from .._validation import check_choice, check_rate, meta_dtype
-from ..functional.kronecker import VARIANTS, init_factors, kronecker_transform
+from ..functional.kronecker import VARIANTS, adapted_factors, init_factors, kronecker_sgd_, kronecker_transform
 from ..functional.sgd import sgd_direction
 from ..ops.reference import sgd_directions
 from .base import MetaOptimizer
+from .traces import DirectionHistory
 
 Tensor = torch.Tensor
 
@@ -54,6 +54,7 @@ class KroneckerSGD(MetaOptimizer):
     """
 
     meta_lr_name = "factor_lr"
+    trace_type = DirectionHistory
 
     def __init__(
         self,
@@ -116,19 +117,14 @@ class KroneckerSGD(MetaOptimizer):
 
     def _adapt(self, group, p: Tensor, grad: Tensor) -> None:
         """KFO Eq. 4: hypergradient step on the factors from the previous direction."""
-        previous = self._traces.get(p)
+        previous = self._trace.get(p)
         if not previous:
             return
         direction, used = previous[-1]
         factors = self._factors(p, group) if used is None else used
-        signed = -grad if group["maximize"] else grad
-        with torch.enable_grad():
-            leaves = {k: v.detach().requires_grad_(True) for k, v in factors.items()}
-            u = self._transform(group, direction, leaves)
-            surrogate = -group["lr"] * (u * signed.to(u.dtype)).sum()
-            hyper = torch.autograd.grad(surrogate, list(leaves.values()), allow_unused=True)
-        new = {k: (v.detach() if h is None else v.detach() - group["factor_inner_lr"] * h)
-               for (k, v), h in zip(factors.items(), hyper)}
+        new = adapted_factors(factors, direction, -grad if group["maximize"] else grad, lr=group["lr"],
+                              factor_lr=group["factor_inner_lr"], variant=group["variant"], depth=group["depth"])
+        new = {k: v.detach() for k, v in new.items()}
         if self._episode is not None:
             self._fast[p] = new
         else:
@@ -153,8 +149,14 @@ class KroneckerSGD(MetaOptimizer):
                 self.state[p]["momentum_buffer"] = b
         return dirs
 
-    def _update(self, group, params, grads, record):
-        if group["adapt_factors"] and self._episode is None and not self._all_finite(list(grads)):
+    def _update(self, group, params, grads, metas, record):
+        if group["differentiable"]:
+            return self._update_kronecker(group, params, grads, record)
+        with torch.no_grad():
+            self._update_kronecker(group, params, grads, record)
+
+    def _update_kronecker(self, group, params, grads, record):
+        if group["adapt_factors"] and self._episode is None and not self._nonfinite.all_finite(list(grads)):
             return self._reject_nonfinite("step (adapt_factors)")
         dirs = self._directions(group, params, grads)
         adapt = group["adapt_factors"]
@@ -169,13 +171,12 @@ class KroneckerSGD(MetaOptimizer):
             else:
                 used.append(factors)
             if record or adapt:
-                entry = (d.detach().to(meta_dtype(p), copy=True), factors if (self._episode is not None and adapt) else None)
-                if self._episode is not None:
-                    self._traces.setdefault(p, []).append(entry)
-                else:
-                    self._traces[p] = [entry]
+                in_episode = self._episode is not None
+                self._trace.append(p, d.detach().to(meta_dtype(p), copy=True),
+                                   factors if (in_episode and adapt) else None, keep=in_episode)
         if not differentiable:  # all parameters in one call: batched GEMMs (sparse_optim.ops.kronecker)
-            ops.kronecker_update_(params, dirs, used, lr=group["lr"], variant=group["variant"], depth=group["depth"])
+            kronecker_sgd_(params, dirs, used, lr=group["lr"], variant=group["variant"], depth=group["depth"],
+                           backend=self.backend)
 
     @staticmethod
     def _apply(p: Tensor, step: Tensor) -> None:
@@ -191,7 +192,7 @@ class KroneckerSGD(MetaOptimizer):
             with torch.enable_grad():
                 leaves: Dict[int, Dict[str, Tensor]] = {}
                 total = 0.0
-                for direction, used in self._traces[p]:
+                for direction, used in self._trace[p]:
                     key = id(used)
                     if key not in leaves:
                         source = meta if used is None else used
