@@ -77,9 +77,17 @@ def backend(device: Optional[torch.device] = None, requested: Optional[str] = No
     return "reference"
 
 
+_chosen: dict = {}
+
+
 def implementation(device: torch.device, requested: Optional[str] = None):
     """The module whose ops run tensors on ``device``: :mod:`.reference` or :mod:`.native`.
 
     Native ops raise ``NotImplementedError`` (writing nothing) for inputs they have no kernel
-    for; the dispatchers then regroup or use the reference ops."""
-    return reference if backend(device, requested) == "reference" else _native()
+    for; the dispatchers then regroup or use the reference ops. The choice is remembered per
+    (device type, request, forced backend, environment)."""
+    key = (device.type, requested, _forced, os.environ.get("SPARSE_OPTIM_BACKEND"))
+    impl = _chosen.get(key)
+    if impl is None:
+        impl = _chosen[key] = reference if backend(device, requested) == "reference" else _native()
+    return impl

@@ -8,11 +8,13 @@ for a :mod:`sparse_optim.functional` dispatcher), how meta-parameters are create
 """
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch.optim import Optimizer
+from torch.optim import optimizer as _torch_optimizer
 
 from .. import ops
 from .._validation import check_choice, check_grad, check_param, check_rate
@@ -79,6 +81,24 @@ class MetaOptimizer(Optimizer):
     meta_lr_name = "meta_lr"
     default_update_params = False
     trace_type: Callable[[], Any] = DirectionSums
+
+    @staticmethod
+    def profile_hook_step(func: Callable) -> Callable:
+        """``torch.optim``'s step wrapper (pre / post hooks, profiler label), entered only when a
+        hook is registered, a profiler runs or the step is being compiled: otherwise its
+        ``record_function`` alone costs as much as a small model's whole update."""
+        hooked = Optimizer.profile_hook_step(func)
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            self = args[0]
+            if (torch.compiler.is_compiling() or torch._C._autograd._profiler_enabled()
+                    or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                    or _torch_optimizer._global_optimizer_pre_hooks or _torch_optimizer._global_optimizer_post_hooks):
+                return hooked(*args, **kwargs)
+            return func(*args, **kwargs)
+
+        return wrapper
 
     def __init__(self, params: Any, defaults: Dict[str, Any], nonfinite: str = "skip",
                  backend: Optional[str] = None) -> None:
