@@ -3,7 +3,7 @@
 ``reference`` is the pure-PyTorch specification (:mod:`sparse_optim.ops.reference`,
 :mod:`sparse_optim.ops.kronecker`); ``cpu`` and ``cuda`` are the native kernels of ``csrc/``
 (:mod:`sparse_optim.ops.native`) when they can be loaded. The environment variable
-``SPARSE_OPTIM_BACKEND`` (``reference``/``cpu``/``cuda``/``auto``), :func:`set_backend` /
+``SPARSE_OPTIM_BACKEND`` (``reference``/``cpu``/``cuda``/``auto``; read at import), :func:`set_backend` /
 :func:`use_backend`, or an optimizer's ``backend=`` argument forces one; ``auto`` (default) uses
 native kernels where available. The dispatchers of :mod:`sparse_optim.functional` call
 :func:`implementation` once per (device, dtype) group.
@@ -21,10 +21,11 @@ from . import kronecker, reference
 BACKENDS = ("auto", "reference", "cpu", "cuda")
 _forced: Optional[str] = None
 _native_module = None
+_environment = os.environ.get("SPARSE_OPTIM_BACKEND", "auto").lower()  # read once, at import
 
 
 def _requested() -> str:
-    name = _forced or os.environ.get("SPARSE_OPTIM_BACKEND", "auto").lower()
+    name = _forced or _environment
     if name not in BACKENDS:
         raise ValueError(f"SPARSE_OPTIM_BACKEND must be one of {BACKENDS}, got {name!r}")
     return name
@@ -85,8 +86,8 @@ def implementation(device: torch.device, requested: Optional[str] = None):
 
     Native ops raise ``NotImplementedError`` (writing nothing) for inputs they have no kernel
     for; the dispatchers then regroup or use the reference ops. The choice is remembered per
-    (device type, request, forced backend, environment)."""
-    key = (device.type, requested, _forced, os.environ.get("SPARSE_OPTIM_BACKEND"))
+    (device type, request, forced backend)."""
+    key = (device.type, requested, _forced)
     impl = _chosen.get(key)
     if impl is None:
         impl = _chosen[key] = reference if backend(device, requested) == "reference" else _native()
