@@ -123,15 +123,19 @@ def run_grouped(op: str, lists: List[Optional[list]], backend: Optional[str], wr
     first = lists[0]
     if not first:
         return
+    n = len(first)
     impl = ops.implementation(first[0].device, backend)
-    try:
+    if impl is not ops.reference:  # the kernels validate every tensor before writing any
+        try:
+            getattr(impl, op)(*lists, **kw)
+            return
+        except NotImplementedError:  # mixed devices / dtypes, or no kernel for them: nothing was written
+            pass
+    full = [lst if lst is not None else [None] * n for lst in lists]
+    _check_matching_shapes(full)  # the reference ops may write some tensors before an error
+    if impl is ops.reference:
         getattr(impl, op)(*lists, **kw)
         return
-    except NotImplementedError:  # mixed devices / dtypes, or no kernel for them: nothing was written
-        pass
-    n = len(first)
-    full = [lst if lst is not None else [None] * n for lst in lists]
-    _check_matching_shapes(full)
     groups = torch._C._group_tensors_by_device_and_dtype(full, True)
     for (device, _), (group_lists, indices) in groups.items():
         group_lists = [list(lst) for lst in group_lists]
@@ -148,13 +152,16 @@ def run_grouped(op: str, lists: List[Optional[list]], backend: Optional[str], wr
 
 
 def _check_matching_shapes(lists: List[list]) -> None:
-    """Before a grouped (several-call) update writes anything: every index has one shape."""
+    """Before a reference or grouped (several-call) update writes anything: every index has one
+    shape, dense real tensors."""
     for i, tensors in enumerate(zip(*lists)):
         shapes = {tuple(t.shape) for t in tensors if t is not None}
         if len(shapes) > 1:
             raise ValueError(f"tensors at index {i} have different shapes {sorted(shapes)}")
         if any(t is not None and t.layout is not torch.strided for t in tensors):
             raise ValueError(f"tensors at index {i} must be dense (strided)")
+        if any(t is not None and t.is_complex() for t in tensors):
+            raise TypeError(f"tensors at index {i} must be real")
 
 
 # ------------------------------------------------------------------ differentiable, out of place
