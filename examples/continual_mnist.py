@@ -13,9 +13,9 @@ Methods and hyperparameters (``HPARAMS``; override with ``--set method.key=value
 * ``online``  -- SGD on the incoming batch, lr 0.03, 10 glances (ER's values, no replay).
 * ``er``      -- experience replay: SGD on incoming batch + 10 replayed items, lr 0.03,
   10 glances (La-MAML Table 5, single-pass ER; MNIST values are not given).
-* ``cmaml``   -- C-MAML (La-MAML App. C, Algorithm 2): inner SGD with fixed alpha, outer SGD
-  with beta; La-MAML Table 6 / the authors' run_experiments.sh: rotations alpha=beta=0.1;
-  permutations alpha=0.03, beta=0.1; many alpha=0.03, beta=0.15; 5 glances.
+* ``cmaml``   -- C-MAML (La-MAML App. C, Algorithm 2): inner ``torch.optim.SGD`` with fixed
+  alpha, outer SGD with beta; La-MAML Table 6 / the authors' run_experiments.sh: rotations
+  alpha=beta=0.1; permutations alpha=0.03, beta=0.1; many alpha=0.03, beta=0.15; 5 glances.
 * ``lamaml``  -- La-MAML (Algorithm 1, Eq. 7-8) with ``LookaheadLRSGD``: alpha_0=0.15,
   eta=0.3, 5 glances (rotations, permutations); alpha_0=0.1, eta=0.1, 10 glances (many)
   (La-MAML Table 6 / run_experiments.sh).
@@ -151,8 +151,8 @@ def make_learner(method: str, hp: Dict[str, Any], model: nn.Module, memories: in
                              glances=hp["glances"], clip_grad_norm=2.0), None
     common = dict(glances=hp["glances"], replay_batch_size=hp.get("replay", 10), inner_batch_size=1,
                   meta_loss=hp.get("meta_loss", "all"), clip_grad_norm=2.0, generator=gen)
-    if method == "cmaml":   # fixed scalar inner LR alpha (rates never move), outer SGD with beta
-        opt = so.LookaheadLRSGD(named, lr=hp["alpha"], rate_lr=0.0)
+    if method == "cmaml":   # fixed scalar inner LR alpha: plain inner SGD, outer SGD with beta
+        opt = torch.optim.SGD(model.parameters(), lr=hp["alpha"])
         outer = torch.optim.SGD(model.parameters(), lr=hp["beta"])
         return LaMAMLLearner(model, opt, buffer, outer_optimizer=outer, **common), None
     if method == "lamaml":

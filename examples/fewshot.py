@@ -3,13 +3,14 @@
 Two families of methods on N-way K-shot episodes (transductive BatchNorm: batch statistics of
 the support set in the inner loop and of the query set at evaluation, as in MAML):
 
-sparse-MAML family (first order, ``MetaOptimizer`` episodes, sparse-MAML Sec. 3 / supplement B.1):
+sparse-MAML family (first order, episodes that snapshot and restore theta, sparse-MAML Sec. 3 /
+supplement B.1):
 
-* ``fomaml``            first-order MAML. Inner loop: :class:`sparse_optim.MaskedSGD` with every
-                        mask open and frozen (constant logits +1, never meta-learned), which is
-                        exactly ``p <- p - lr * g`` (plain SGD), with the episode machinery giving
-                        the first-order theta-gradient (sparse-MAML Eq. 9).
-* ``anil``              ANIL: the same open-mask SGD on the head only; the body is not adapted and
+* ``fomaml``            first-order MAML. Inner loop: plain ``torch.optim.SGD`` (``p <- p - lr * g``)
+                        inside :func:`sparse_optim.first_order_episode`, which restores theta and
+                        hands back the outer gradient at the adapted weights as the first-order
+                        theta-gradient (sparse-MAML Eq. 9).
+* ``anil``              ANIL: the same SGD episode on the head only; the body is not adapted and
                         receives the outer gradient at the adapted head (first order).
 * ``sparse-maml``       :class:`sparse_optim.MaskedSGD` (Eq. 4-5), Kaiming mask init, 50% sparsity.
 * ``sparse-relu-maml``  :class:`sparse_optim.RectifiedLRSGD` (rates start at the inner lr).
@@ -25,16 +26,17 @@ KFO family (second order, functional: ``torch.func.functional_call`` + the libra
 functional Kronecker rules, KFO Sec. 5.3 / Table 2):
 
 * ``maml``              second-order MAML, ``p <- p - lr * g``.
-* ``meta-sgd``          Meta-SGD: learned per-parameter learning rates ``a`` (initialised to the
-                        inner lr), ``p <- p - a * g``, no rectification. The library's
-                        RectifiedLRSGD clamps rates at 0, so this small rule lives here.
+* ``meta-sgd``          Meta-SGD: learned per-element learning rates ``a`` of either sign
+                        (initialised to the inner lr, as :class:`sparse_optim.MetaSGD` does),
+                        ``p <- p - a * g`` with :func:`sparse_optim.functional.meta_sgd`.
 * ``meta-curvature``    KLin (``kronecker_sgd``, depth 1, identity init) without inner adaptation
                         of the factors (KFO: "Meta-Curvature corresponds to KLin without adapting
                         the optimizer").
 * ``kfc``               KFC: ``--kfc-depth`` (4) Kronecker layers with ReLU, gradient normalisation
                         with a learnable scale (KFO A.1.2), one optimizer per parameter tensor
                         (convolutions: n = HW, m = C), factors adapted in the inner loop (KFO
-                        Algorithm 1: ``xi <- xi - lr * dL(theta_t)/dxi`` before each update).
+                        Algorithm 1 / Eq. 4: ``xi <- xi - lr * dL(theta_t)/dxi`` before each
+                        update, :func:`sparse_optim.functional.adapted_factors`).
 
   Outer loop: Adam with KFO's meta learning rate 0.003 on theta and meta-parameters.
 
@@ -86,6 +88,7 @@ from tqdm import tqdm
 import sparse_optim as so
 from sparse_optim.data import FewShotSampler
 from sparse_optim.distributed import all_reduce_gradients
+from sparse_optim.functional import adapted_factors, meta_sgd
 from sparse_optim.functional.kronecker import init_factors, kronecker_sgd
 from sparse_optim.models import SCNN, ConvNet4, count_parameters
 
@@ -142,7 +145,11 @@ def layer_names(model: nn.Module) -> List[str]:
 
 # ============================================================================ first-order family
 class FirstOrderLearner:
-    """sparse-MAML family: inner loops with a ``MetaOptimizer`` episode, first-order meta-gradients."""
+    """sparse-MAML family: first-order inner loops in an episode (theta snapshotted and restored).
+
+    FOMAML / ANIL: ``torch.optim.SGD`` in :func:`sparse_optim.first_order_episode`; the gated
+    methods: the :class:`~sparse_optim.MetaOptimizer`'s ``episode()`` / ``meta_backward()``, which
+    also give the masks' / rates' first-order meta-gradients."""
 
     def __init__(self, method: str, model: nn.Module, args, inner_lr: float) -> None:
         self.method, self.model, self.args = method, model, args
@@ -150,9 +157,9 @@ class FirstOrderLearner:
         if method == "anil":
             named = [(n, p) for n, p in named if n.startswith("head.")]
         self.inner_params = [p for _, p in named]
-        if method in ("fomaml", "anil"):
-            # all masks open (logits +1 => 1[m >= 0] = 1) and never meta-learned: plain SGD
-            self.opt = so.MaskedSGD(named, lr=inner_lr, mask_lr=0.0, mask_init="constant", mask_init_value=1.0)
+        self.plain = method in ("fomaml", "anil")
+        if self.plain:   # plain SGD, no meta-parameters
+            self.opt = torch.optim.SGD(self.inner_params, lr=inner_lr)
             self.meta_params: List[Tensor] = []
         elif method == "sparse-maml":
             self.opt = so.MaskedSGD(named, lr=inner_lr, init_sparsity=args.init_sparsity)
@@ -187,16 +194,23 @@ class FirstOrderLearner:
         for p in self.inner_params:
             p.grad = None
 
+    def _episode(self):
+        """Context manager of one task: theta (and gradients) snapshotted, restored on exit."""
+        return so.first_order_episode(self.inner_params, self.opt) if self.plain else self.opt.episode()
+
     def train_step(self, episodes, steps: int) -> Tuple[float, float]:
         self.outer.zero_grad(set_to_none=True)
         losses, accs = [], []
         for ep in episodes:
-            with self.opt.episode():
+            with self._episode() as episode:
                 self._inner(ep.support_x, ep.support_y, steps)
                 logits = self.model(ep.query_x)
                 loss = F.cross_entropy(logits, ep.query_y)
                 loss.backward()           # outer gradient at the adapted weights (sum over tasks)
-                self.opt.meta_backward()  # first-order meta-gradients (sparse-MAML Eq. 5 / 9 / 10)
+                if self.plain:
+                    episode.record_outer_gradients()   # first-order theta-gradient (sparse-MAML Eq. 9)
+                else:
+                    self.opt.meta_backward()  # first-order meta-gradients (sparse-MAML Eq. 5 / 9 / 10)
             losses.append(loss.item())
             accs.append((logits.argmax(1) == ep.query_y).float().mean().item())
         if dist.is_initialized():  # --distributed: tasks split across ranks, average the gradients
@@ -205,7 +219,7 @@ class FirstOrderLearner:
         return float(np.mean(losses)), float(np.mean(accs))
 
     def evaluate(self, ep, steps: int) -> Tuple[float, float]:
-        with self.opt.episode():
+        with self._episode():
             with torch.no_grad():
                 pre = (self.model(ep.query_x).argmax(1) == ep.query_y).float().mean().item()
             self._inner(ep.support_x, ep.support_y, steps)
@@ -214,9 +228,7 @@ class FirstOrderLearner:
         return pre, post
 
     def sparsity(self) -> Optional[Dict[str, Any]]:
-        if self.method in ("fomaml", "anil"):
-            return None
-        return self.opt.sparsity()
+        return None if self.plain else self.opt.sparsity()
 
     def meta_parameter_count(self) -> int:
         return sum(t.numel() for t in self.meta_params)
@@ -238,7 +250,7 @@ class SecondOrderLearner:
         self.method, self.model, self.args, self.lr = method, model, args, inner_lr
         self.params = dict(model.named_parameters())
         self.meta: Dict[str, Any] = {}
-        if method == "meta-sgd":
+        if method == "meta-sgd":   # rates alpha_0 = inner lr, as sparse_optim.MetaSGD initialises them
             self.meta = {n: torch.full_like(p, inner_lr).requires_grad_(True) for n, p in self.params.items()}
         elif method in ("meta-curvature", "kfc"):
             depth = 1 if method == "meta-curvature" else args.kfc_depth
@@ -256,26 +268,25 @@ class SecondOrderLearner:
         fast = dict(self.params)
         names = list(fast)
         factors = self.meta if self.method in ("meta-curvature", "kfc") else None
+        prev: Optional[Dict[str, Tensor]] = None
         for k in range(steps):
             loss = F.cross_entropy(functional_call(self.model, fast, (x,)), y)
-            hyper = self.method == "kfc" and k > 0
-            fkeys = [(n, f) for n in names for f in factors[n]] if hyper else []
-            grads = torch.autograd.grad(loss, [fast[n] for n in names] + [factors[n][f] for n, f in fkeys],
-                                        create_graph=create_graph)
-            g = dict(zip(names, grads[:len(names)]))
-            if hyper:
-                # KFO Algorithm 1: the factors used by the previous update take a step on
-                # dL(theta_k)/dxi before computing this update
-                new = {n: dict(factors[n]) for n in names}
-                for (n, f), h in zip(fkeys, grads[len(names):]):
-                    new[n][f] = factors[n][f] - self.lr * h
-                factors = new
+            g = dict(zip(names, torch.autograd.grad(loss, [fast[n] for n in names], create_graph=create_graph)))
+            if self.method == "kfc" and prev is not None:
+                # KFO Algorithm 1 / Eq. 4: the factors used by the previous update take a step on
+                # dL(theta_k)/dxi = -lr J_xi U_xi(g_{k-1})^T g_k before computing this update.
+                # (g_k itself depends on the factors through theta_k; adapted_factors holds it fixed.)
+                factors = {n: adapted_factors(factors[n], prev[n], g[n],
+                                              lr=self.lr, factor_lr=self.lr, depth=self.depth,
+                                              create_graph=create_graph)
+                           for n in names}
             if self.method == "maml":
                 fast = {n: fast[n] - self.lr * g[n] for n in names}
             elif self.method == "meta-sgd":
-                fast = {n: fast[n] - self.meta[n] * g[n] for n in names}
+                fast = meta_sgd(fast, g, self.meta)
             else:
                 fast = kronecker_sgd(fast, g, factors, lr=self.lr, depth=self.depth)
+            prev = g
         return fast
 
     def train_step(self, episodes, steps: int) -> Tuple[float, float]:

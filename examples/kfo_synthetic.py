@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch.func import vmap
 from tqdm import tqdm
 
-from sparse_optim.functional.kronecker import init_factors, kronecker_transform
+from sparse_optim.functional.kronecker import adapted_factors, init_factors, kronecker_transform
 
 Tensor = torch.Tensor
 DIM = 100
@@ -157,7 +157,8 @@ def adapt(params, factors, x, y, *, lr: float, depth: int, steps: int, adapt_fac
     MAML: ``theta <- theta - lr * g``. KLin / KFC: ``theta <- theta - lr * U_xi(g)`` with
     :func:`sparse_optim.functional.kronecker.kronecker_transform` (KFO Eq. 5 / 7) vmapped over
     seeds; with ``adapt_factors`` the factors first take the hypergradient step of KFO
-    Algorithm 1 (``xi <- xi - lr * dL(theta_t)/dxi`` through the previous update) from the
+    Algorithm 1 / Eq. 4 (``xi <- xi - lr * dL(theta_t)/dxi`` through the previous update,
+    :func:`sparse_optim.functional.adapted_factors` with the vmapped transform) from the
     second step on (a no-op for one step).
     """
     transform = vmap(lambda d, f: kronecker_transform(d, f, depth=depth))
@@ -169,14 +170,9 @@ def adapt(params, factors, x, y, *, lr: float, depth: int, steps: int, adapt_fac
         if depth == 0:
             params = {k: params[k] - lr * g[k] for k in names}
             continue
-        if adapt_factors and prev is not None:
-            keys = [(k, n) for k in names for n in factors[k]]
-            surrogate = sum((-lr * transform(prev[k], factors[k]) * g[k]).sum() for k in names)
-            h = torch.autograd.grad(surrogate, [factors[k][n] for k, n in keys], create_graph=create_graph)
-            new = {k: dict(factors[k]) for k in names}
-            for (k, n), hk in zip(keys, h):
-                new[k][n] = factors[k][n] - lr * hk
-            factors = new
+        if adapt_factors and prev is not None:   # KFO Eq. 4, every seed at once through the vmapped U
+            factors = {k: adapted_factors(factors[k], prev[k], g[k], lr=lr, factor_lr=lr, depth=depth,
+                                          create_graph=create_graph, transform=transform) for k in names}
         params = {k: params[k] - lr * transform(g[k], factors[k]) for k in names}
         prev = g
     return params

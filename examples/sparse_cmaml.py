@@ -10,8 +10,9 @@ Methods (one model of parameters ``phi`` used for prediction; ``theta`` the slow
 * ``finetune``  -- plain SGD on every incoming batch (``phi <- phi - alpha grad``), no reset.
 * ``cmaml``     -- C-MAML (Caccia et al. 2020, C-MAML+UM+PAP) with a fixed inner learning
   rate (the "C-MAML-fixed" ablation of supplement Table S9; the original's small set of
-  learned per-group learning rates is not reproduced): sparse-C-MAML's loop with an all-ones
-  mask and no mask learning.
+  learned per-group learning rates is not reproduced): sparse-C-MAML's loop with plain
+  ``torch.optim.SGD`` inner updates (gate = 1, nothing meta-learned) in a
+  :func:`sparse_optim.first_order_episode`.
 * ``sparse_cmaml`` -- supplement Algorithm 2: the inner updates are ``alpha_0 1[m >= 0] grad``
   with mask logits ``m`` (Kaiming init, 50 % initial sparsity, supplement B.3.1) learned by
   the straight-through first-order rule at every meta-update.
@@ -156,8 +157,8 @@ class ContinualMAML:
                  threshold: float = 1.0, ema: float = 0.9, um_lambda: float = 1.0, max_buffer: int = 100):
         self.model = model
         named = list(model.named_parameters())
-        if kind == "cmaml":      # all-ones mask, never learned: the fixed-LR C-MAML
-            self.opt = so.MaskedSGD(named, lr=alpha, mask_lr=0.0, mask_init="constant", mask_init_value=1.0)
+        if kind == "cmaml":      # the fixed-LR C-MAML: plain SGD, no meta-parameters
+            self.opt = torch.optim.SGD(model.parameters(), lr=alpha)
         elif kind == "sparse_cmaml":
             self.opt = so.MaskedSGD(named, lr=alpha, mask_lr=gamma_m, mask_init="kaiming", init_sparsity=0.5)
         elif kind == "sparse_relu_cmaml":
@@ -194,12 +195,16 @@ class ContinualMAML:
             order = torch.randperm(len(by))
             tr, va = order[: len(by) // 2], order[len(by) // 2:]
             self.opt.zero_grad(set_to_none=True)         # the episode adds to stashed grads
-            with self.opt.episode():
+            episode = self.opt.episode() if self.learn_mask else so.first_order_episode(params, self.opt)
+            with episode as ep:
                 self._inner(bx[tr], by[tr])                                    # phi' = U(theta, R_t)
                 self.opt.zero_grad(set_to_none=True)
                 val = F.cross_entropy(self.model(bx[va]), by[va])             # L(phi', R_v)
                 val.backward()
-                self.opt.meta_backward()
+                if self.learn_mask:
+                    self.opt.meta_backward()          # theta's and the gates' first-order gradients
+                else:
+                    ep.record_outer_gradients()       # theta's first-order gradient
             g = min(1.0, float(val.detach()) / self.um_lambda)                 # update modulation
             self.um.append(g)
             self.outer.param_groups[0]["lr"] = self.meta_lr * g
@@ -222,6 +227,8 @@ class ContinualMAML:
         self.running = loss_value if self.running is None else self.ema * self.running + (1 - self.ema) * loss_value
 
     def sparsity(self):
+        if not self.learn_mask:   # C-MAML: no gates
+            return None
         s = self.opt.sparsity()
         return {"overall": s["overall"], "per_parameter": dict(s["per_parameter"])}
 

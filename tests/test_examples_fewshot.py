@@ -131,7 +131,52 @@ def test_fewshot_every_method(fewshot, tmp_path):
     assert counts["sparse-maml"] == counts["sparse-relu-maml"] == counts["meta-sgd"] == n_model
 
 
-@pytest.mark.parametrize("method", ["sparse-maml-plus", "kfc"])
+@pytest.mark.parametrize("method", ["fomaml", "anil"])
+def test_fewshot_first_order_sgd_episode_matches_open_mask_episode(fewshot, method):
+    """FOMAML / ANIL with torch.optim.SGD + first_order_episode: the same first-order gradients
+    (and restored theta) as the former MaskedSGD with open, frozen masks + episode / meta_backward."""
+    import copy
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    import sparse_optim as so
+
+    args = fewshot.parse_args(FS_SMALL)
+    torch.manual_seed(0)
+    model = fewshot.build_model("scnn", 1, 28, args).double()
+    ref = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(1)
+    ep = SimpleNamespace(support_x=torch.randn(3, 1, 28, 28, generator=g, dtype=torch.float64),
+                         support_y=torch.arange(3),
+                         query_x=torch.randn(6, 1, 28, 28, generator=g, dtype=torch.float64),
+                         query_y=torch.arange(3).repeat(2))
+    learner = fewshot.FirstOrderLearner(method, model, args, 0.5)
+    assert type(learner.opt) is torch.optim.SGD
+    learner.outer.step = lambda: None          # keep the meta-gradient in p.grad
+    learner.train_step([ep], steps=3)
+
+    named = [(n, p) for n, p in ref.named_parameters() if method == "fomaml" or n.startswith("head.")]
+    inner = [p for _, p in named]
+    opt = so.MaskedSGD(named, lr=0.5, mask_lr=0.0, mask_init="constant", mask_init_value=1.0)
+    with opt.episode():
+        for _ in range(3):
+            grads = torch.autograd.grad(F.cross_entropy(ref(ep.support_x), ep.support_y), inner)
+            for p, gp in zip(inner, grads):
+                p.grad = gp
+            opt.step()
+        for p in inner:
+            p.grad = None
+        F.cross_entropy(ref(ep.query_x), ep.query_y).backward()
+        opt.meta_backward()
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=0, msg=n)   # theta restored
+        torch.testing.assert_close(p.grad, q.grad, msg=n)
+    for p in inner:
+        assert p.grad is not None
+
+
+@pytest.mark.parametrize("method", ["fomaml", "sparse-maml-plus", "kfc"])
 def test_fewshot_checkpoint_resume_round_trip(fewshot, tmp_path, method):
     base = FS_SMALL + ["--methods", method, "--models", "scnn"]
     straight = fewshot.main(base + ["--iterations", "4", "--out", str(tmp_path / "a")])["runs"][0]

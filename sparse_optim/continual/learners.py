@@ -11,25 +11,29 @@ expose ``observe(x, y, task_id)``: one call per incoming mini-batch of the singl
 
 * :class:`LaMAMLLearner` -- first-order La-MAML (La-MAML Algorithm 1, Eq. 7-8), C-MAML
   (La-MAML appendix C, Algorithm 2), sparse-La-MAML (sparse-MAML supplement Algorithm 1) and
-  the straight-through rectified variant, depending on the :class:`~sparse_optim.MetaOptimizer`
-  and ``outer_optimizer`` given:
+  the straight-through rectified variant, depending on the (meta-)optimizer and
+  ``outer_optimizer`` given:
 
   ====================  ==========================================  ===================
-  method                meta optimizer                              theta update
+  method                inner optimizer                             theta update
   ====================  ==========================================  ===================
   La-MAML               ``LookaheadLRSGD(lr=alpha_0, rate_lr=eta)``  Eq. 8 (meta_step)
   sparse-La-MAML        ``MaskedSGD(lr=alpha_0, mask_lr=gamma_m)``   ``alpha_0 1[m>=0] g``
   rectified (ST)        ``RectifiedLRSGD(lr=alpha_0, rate_lr=eta)``  ``relu(m_new) g``
-  C-MAML                ``LookaheadLRSGD(lr=alpha, rate_lr=0)``      ``SGD(beta)``
+  C-MAML                ``torch.optim.SGD(lr=alpha)``                ``SGD(beta)``
   ====================  ==========================================  ===================
+
+  A plain ``torch.optim`` inner optimizer (C-MAML: no meta-parameters) needs an
+  ``outer_optimizer``; its episode is :func:`~sparse_optim.first_order_episode`.
 
 One *glance* (``glances`` of them per incoming batch, each on a fresh shuffle of the batch):
 
 1. draw a replay sample ``R`` (``replay_batch_size`` items) and form the meta-batch
    ``b_m = R u b``;
-2. inside ``opt.episode()``: split the incoming batch ``b`` into disjoint chunks of
-   ``inner_batch_size`` (1 = one inner SGD step per sample, as La-MAML's code and the
-   sparse-MAML supplement do, ``k = |b|``) and take one inner step ``opt.step()`` on each
+2. inside ``opt.episode()`` (``first_order_episode`` for a plain optimizer): split the
+   incoming batch ``b`` into disjoint chunks of ``inner_batch_size`` (1 = one inner SGD step
+   per sample, as La-MAML's code and the sparse-MAML supplement do, ``k = |b|``) and take one
+   inner step ``opt.step()`` on each
    (``phi_{k+1} = phi_k - gate(xi) * grad l(phi_k, b_k)``, Eq. 7);
 3. the meta-loss ``L(phi_k, b_m)`` is evaluated after every inner step and averaged
    (``meta_loss="all"``, La-MAML Sec. 5.1: "evaluating and summing the meta-loss at all steps
@@ -37,12 +41,14 @@ One *glance* (``glances`` of them per incoming batch, each on a fresh shuffle of
    (``meta_loss="last"``, supplement Algorithm 1). Each term's gradient is handed to
    ``opt.meta_backward()`` right away, which adds ``-g_meta_i * sum_{k<=i} g_k`` (gated as the
    optimizer defines) to the meta-parameters' gradient -- exactly the first-order gradient of
-   the averaged meta-loss -- and sums ``g_meta_i`` as theta's first-order gradient;
+   the averaged meta-loss -- and sums ``g_meta_i`` as theta's first-order gradient (a plain
+   optimizer: ``episode.record_outer_gradients()``, theta's gradient only);
 4. after the episode (theta restored) both gradients are clipped to norm ``clip_grad_norm``
    (official code: the weights' and the learning rates' gradients separately), then
    ``opt.meta_step(update_params=True)`` (asynchronous update: meta-parameters first, then
    theta with the *new* gates) or, with an ``outer_optimizer`` (C-MAML / sync La-MAML),
-   ``opt.meta_step(update_params=False)`` followed by ``outer_optimizer.step()``;
+   ``opt.meta_step(update_params=False)`` (skipped for a plain optimizer) followed by
+   ``outer_optimizer.step()``;
 5. after the first glance the incoming batch is offered to the reservoir buffer (the official
    code pushes during the first glance after ``b_m`` is drawn, so ``b_m`` of the first glance
    never holds the incoming samples twice; later glances may replay them).
@@ -56,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..optim.episode import first_order_episode
 from .replay import ReservoirBuffer
 
 __all__ = ["ReplayLearner", "LaMAMLLearner"]
@@ -144,7 +151,9 @@ class LaMAMLLearner:
     Args:
         model: the network; its parameters must be the ones ``optimizer`` updates.
         optimizer: a :class:`~sparse_optim.MetaOptimizer` (``LookaheadLRSGD``, ``MaskedSGD``,
-            ``RectifiedLRSGD``) used for the inner loop and the meta-parameters' update.
+            ``RectifiedLRSGD``) used for the inner loop and the meta-parameters' update, or a
+            plain ``torch.optim`` optimizer for the inner loop alone (C-MAML's ``SGD(alpha)``;
+            needs ``outer_optimizer``).
         buffer: reservoir replay buffer (``(x, y, task_id)`` items); ``None`` disables replay
             (the meta-batch is then the incoming batch alone).
         outer_optimizer: optimizer for the theta-update (C-MAML's SGD with ``beta``); ``None``
@@ -165,8 +174,15 @@ class LaMAMLLearner:
                  replay_batch_size: int = 10, inner_batch_size: int = 1, meta_loss: str = "all",
                  clip_grad_norm: Optional[float] = 2.0, shuffle: bool = True,
                  generator: Optional[torch.Generator] = None, loss_fn: LossFn = F.cross_entropy) -> None:
-        if not hasattr(optimizer, "episode") or not hasattr(optimizer, "meta_backward"):
-            raise TypeError("optimizer must be a sparse_optim MetaOptimizer (episode / meta_backward / meta_step)")
+        self._is_meta = hasattr(optimizer, "episode") and hasattr(optimizer, "meta_backward")
+        if not self._is_meta:
+            if not isinstance(optimizer, torch.optim.Optimizer):
+                raise TypeError("optimizer must be a sparse_optim MetaOptimizer (episode / meta_backward / "
+                                f"meta_step) or a torch.optim.Optimizer, got {type(optimizer).__name__}")
+            if outer_optimizer is None:
+                raise TypeError(f"a plain optimizer ({type(optimizer).__name__}) has no meta-update: pass "
+                                "outer_optimizer (e.g. C-MAML's torch.optim.SGD(lr=beta)) or use a sparse_optim "
+                                "MetaOptimizer")
         if meta_loss not in ("all", "last"):
             raise ValueError(f"meta_loss must be 'all' or 'last', got {meta_loss!r}")
         self.model, self.optimizer, self.buffer = model, optimizer, buffer
@@ -192,7 +208,7 @@ class LaMAMLLearner:
         weight = 1.0 / k if self.meta_loss == "all" else 1.0
         opt.zero_grad(set_to_none=True)
         total = 0.0
-        with opt.episode():
+        with (opt.episode() if self._is_meta else first_order_episode(self._params, opt)) as ep:
             for i, (xi, yi) in enumerate(chunks):
                 opt.zero_grad(set_to_none=True)
                 self.loss_fn(self.model(xi), yi).backward()
@@ -201,18 +217,22 @@ class LaMAMLLearner:
                     opt.zero_grad(set_to_none=True)
                     meta = self.loss_fn(self.model(mx), my) * weight
                     meta.backward()
-                    opt.meta_backward()                         # g_meta_i . trace_i
+                    if self._is_meta:
+                        opt.meta_backward()                     # g_meta_i . trace_i
+                    else:
+                        ep.record_outer_gradients()             # theta's first-order gradient
                     total += float(meta.detach())
         # theta restored; p.grad = first-order meta-gradient for theta
         if self.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(self._params, self.clip_grad_norm)
-            metas = [t for t in opt.meta_parameters() if t.grad is not None]
+            metas = [t for t in opt.meta_parameters() if t.grad is not None] if self._is_meta else []
             if metas:
                 nn.utils.clip_grad_norm_(metas, self.clip_grad_norm)
         if self.outer_optimizer is None:
             opt.meta_step(update_params=True)                   # Eq. 8 / suppl. Alg. 1
         else:
-            opt.meta_step(update_params=False)
+            if self._is_meta:
+                opt.meta_step(update_params=False)
             self.outer_optimizer.step()                         # C-MAML: theta -= beta * g
         opt.zero_grad(set_to_none=True)
         return total

@@ -190,7 +190,10 @@ def adapted_factors(
         def transform(d, f):
             return kronecker_transform(d, f, variant=variant, depth=depth)
     with torch.enable_grad():
-        leaves = factors if create_graph else {k: v.detach().requires_grad_(True) for k, v in factors.items()}
+        # fresh views: the hypergradient is the partial derivative through U only, even where
+        # ``grad`` itself depends on the factors (a second-order inner loop)
+        leaves = ({k: (v.view_as(v) if v.requires_grad else v) for k, v in factors.items()} if create_graph
+                  else {k: v.detach().requires_grad_(True) for k, v in factors.items()})
         keys = [k for k, v in leaves.items() if v.requires_grad]
         u = transform(previous_direction, leaves)
         surrogate = -lr * (u * grad.to(u.dtype)).sum()
