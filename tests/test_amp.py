@@ -1,4 +1,5 @@
-"""Mixed precision: GradScaler compatibility, skipped overflow steps, low-precision parameters."""
+"""Mixed precision: GradScaler compatibility, skipped overflow steps, low-precision parameters,
+for every optimizer of the registry (conftest.py)."""
 from __future__ import annotations
 
 
@@ -6,10 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import sparse_optim as so
+from conftest import infos
 
-CLASSES = [lambda ps: so.MaskedSGD(ps, lr=0.2), lambda ps: so.LookaheadLRSGD(ps, lr=0.2),
-           lambda ps: so.KroneckerSGD(ps, lr=0.2)]
+
+class _Maker:
+    def __init__(self, info):
+        self.info = info
+
+    def __call__(self, params):
+        return self.info.make(params, lr=0.2)
+
+
+CLASSES = [pytest.param(_Maker(p.values[0]), id=p.id) for p in infos()]
 
 
 def _model():
@@ -94,10 +103,11 @@ def test_overflowing_outer_gradient_cannot_poison_meta_parameters(make):
         assert torch.equal(a.detach(), b)
 
 
-def test_nan_inner_gradient_without_scaler_is_rejected_at_meta_backward():
+@pytest.mark.parametrize("info", infos())
+def test_nan_inner_gradient_without_scaler_is_rejected_at_meta_backward(info):
     x, y = _data()
     model = _model()
-    opt = so.MaskedSGD(model.parameters(), nonfinite="raise")
+    opt = info.make(model.parameters(), nonfinite="raise")
     with pytest.raises(FloatingPointError, match="non-finite"):
         _episode(model, opt, x, y, poison_step=1)
     assert all(m.grad is None for m in opt.meta_parameters())
@@ -120,10 +130,11 @@ def test_low_precision_parameters_with_float32_meta_state(make, dtype):
     assert all(p.dtype == dtype for p in model.parameters())
 
 
-def test_autocast_inner_loop_runs():
+@pytest.mark.parametrize("info", infos())
+def test_autocast_inner_loop_runs(info):
     x, y = _data()
     model = _model()
-    opt = so.MaskedSGD(model.parameters())
+    opt = info.make(model.parameters())
     scaler = _scaler()
     with opt.episode():
         for _ in range(2):

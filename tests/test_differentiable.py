@@ -1,4 +1,6 @@
-"""Differentiable inner loops: gradcheck, straight-through definitions, path equivalences."""
+"""Differentiable inner loops: gradcheck, straight-through definitions, path equivalences
+(``higher``, ``differentiable=True``, first-order episodes, torch.func) for the optimizers of the
+registry (conftest.py)."""
 from __future__ import annotations
 
 
@@ -10,8 +12,10 @@ from torch.autograd import gradcheck, gradgradcheck
 from torch.func import functional_call, grad, vmap
 
 import sparse_optim as so
-from sparse_optim.functional.gated import lookahead_sgd, masked_sgd, rectified_sgd
+from sparse_optim.functional.gated import lookahead_sgd, masked_sgd, meta_sgd, rectified_sgd
 from sparse_optim.functional.kronecker import init_factors, kronecker_sgd
+
+from conftest import BY_NAME, GATE_KINDS, cases, infos, step_size
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -61,9 +65,11 @@ def test_masked_gradcheck_theta():
     _check(fn, tuple(w.requires_grad_() for w in ws))
 
 
-@pytest.mark.parametrize("rule", [lambda p, g, m: rectified_sgd(p, g, m, straight_through=False),
-                                  lambda p, g, m: lookahead_sgd(p, g, m)])
-def test_rates_gradcheck_theta_and_rates(rule):
+@pytest.mark.parametrize("info", infos(elementwise=True, where=lambda i: i.gate != "step"))
+def test_rates_gradcheck_theta_and_rates(info):
+    """True derivatives: rectified_sgd(straight_through=False), lookahead_sgd (La-MAML), meta_sgd."""
+    def rule(p, g, m):
+        return info.rule(p, g, m, lr=1.0, straight_through=False)
     x, y, ws = tiny_problem(1)
     rates = [torch.rand_like(w) * 0.3 + 0.05 for w in ws]  # away from the kink at 0
     rates[0][0, 0] = -0.2  # a dead rate: true derivative 0 there
@@ -101,14 +107,20 @@ def _st_definition_relu(m):
     return m.clamp_min(0).detach() + m - m.detach()
 
 
-@pytest.mark.parametrize("kind", ["step", "relu"])
+ST_DEFINITIONS = {"step": _st_definition_step, "relu": _st_definition_relu, "linear": lambda m: m}
+# the library's rule of each gate with straight-through estimation (identity derivative)
+ST_RULES = {"step": lambda p, g, m: masked_sgd(p, g, m, lr=0.3),
+            "relu": lambda p, g, m: rectified_sgd(p, g, m, straight_through=True),
+            "linear": lambda p, g, m: meta_sgd(p, g, m)}
+
+
+@pytest.mark.parametrize("kind", GATE_KINDS)
 def test_straight_through_matches_definition(kind):
     x, y, ws = tiny_problem(3)
     metas = [torch.randn_like(w).requires_grad_() for w in ws]
     theta = [w.clone().requires_grad_() for w in ws]
-    lib = (lambda p, g, m: masked_sgd(p, g, m, lr=0.3)) if kind == "step" else \
-          (lambda p, g, m: rectified_sgd(p, g, m, straight_through=True))
-    gate = _st_definition_step if kind == "step" else _st_definition_relu
+    lib = ST_RULES[kind]
+    gate = ST_DEFINITIONS[kind]
     scale = 0.3 if kind == "step" else 1.0
     ref = lambda p, g, m: [pi - scale * gate(mi) * gi for pi, gi, mi in zip(p, g, m)]
     got = torch.autograd.grad(unroll(lib, theta, metas, x, y), theta + metas)
@@ -129,21 +141,26 @@ def task(seed=0):
     return torch.randn(8, 3, generator=g), torch.randn(8, 2, generator=g)
 
 
-OPTIMIZERS = [
-    lambda ps, **kw: so.MaskedSGD(ps, lr=0.2, momentum=0.5, **kw),
-    lambda ps, **kw: so.RectifiedLRSGD(ps, lr=0.2, momentum=0.9, nesterov=True, **kw),
-    lambda ps, **kw: so.LookaheadLRSGD(ps, lr=0.2, **kw),
-    lambda ps, **kw: so.KroneckerSGD(ps, lr=0.2, depth=2, normalize=True, **kw),
-    lambda ps, **kw: so.KroneckerSGD(ps, lr=0.2, variant="cholesky", rank=2, **kw),
-]
+class _Maker:
+    """``make_opt(params, **kw)`` for a registry case at lr=0.2."""
+
+    def __init__(self, case):
+        self.case = case
+
+    def __call__(self, params, **kw):
+        return self.case.make(params, lr=0.2, **kw)
 
 
+# every variant that is not online (online=True is refused with differentiable=True), without
+# noise (sparse-MAML+ draws new noise in each run; see test_stochastic_masks_in_higher_reach_generator)
+SECOND_ORDER = [pytest.param(_Maker(p.values[0]), id=p.id) for p in cases(stochastic=False, online=False)]
 # weight decay makes the direction depend on theta explicitly (not only through detached
 # gradients), so it is compared on the exact second-order paths only
-WITH_WEIGHT_DECAY = [lambda ps, **kw: so.RectifiedLRSGD(ps, lr=0.2, weight_decay=0.01, maximize=True, **kw)]
+FIRST_ORDER = [pytest.param(_Maker(p.values[0]), id=p.id)
+               for p in cases(stochastic=False, online=False, variants=lambda v: not v.theta_explicit)]
 
 
-@pytest.mark.parametrize("make_opt", OPTIMIZERS + WITH_WEIGHT_DECAY)
+@pytest.mark.parametrize("make_opt", SECOND_ORDER)
 def test_higher_equals_differentiable_flag(make_opt):
     x, y = task()
     model = make_model()
@@ -177,7 +194,7 @@ def test_higher_equals_differentiable_flag(make_opt):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("make_opt", OPTIMIZERS)
+@pytest.mark.parametrize("make_opt", FIRST_ORDER)
 def test_detached_differentiable_equals_first_order_episode(make_opt):
     x, y = task(1)
     model = make_model(1)
@@ -240,7 +257,10 @@ def test_higher_override_lr_is_differentiable():
 
 
 # ------------------------------------------------------------------------ torch.func / vmap
-def test_vmap_over_tasks_matches_loop():
+@pytest.mark.parametrize("info", infos(elementwise=True))
+def test_vmap_over_tasks_matches_loop(info):
+    def rule(p, g, m, lr):
+        return info.rule(p, g, m, lr=lr)
     model = make_model(3)
     params = {n: p.detach() for n, p in model.named_parameters()}
     masks = {n: torch.randn_like(p) for n, p in params.items()}
@@ -253,7 +273,7 @@ def test_vmap_over_tasks_matches_loop():
     def adapt(x, y):
         p = params
         for _ in range(2):
-            p = masked_sgd(p, grad(loss_fn)(p, x, y), masks, lr=0.3)
+            p = rule(p, grad(loss_fn)(p, x, y), masks, lr=0.3)
         return loss_fn(p, x, 0.5 * y)
 
     batched = vmap(adapt)(xs, ys)
@@ -264,28 +284,32 @@ def test_vmap_over_tasks_matches_loop():
         def adapt_m(x, y):
             p = params
             for _ in range(2):
-                p = masked_sgd(p, grad(loss_fn)(p, x, y), m, lr=0.3)
+                p = rule(p, grad(loss_fn)(p, x, y), m, lr=0.3)
             return loss_fn(p, x, 0.5 * y)
         return vmap(adapt_m)(xs, ys).mean()
     g = grad(meta_loss)(masks)
     assert all(torch.isfinite(v).all() for v in g.values()) and any(v.abs().sum() > 0 for v in g.values())
 
 
-def test_functional_dict_and_list_agree():
+@pytest.mark.parametrize("info", infos(elementwise=True))
+def test_functional_dict_and_list_agree(info):
     torch.manual_seed(0)
     ps = [torch.randn(3, 2), torch.randn(4)]
     gs = [torch.randn_like(p) for p in ps]
     ms = [torch.randn_like(p) for p in ps]
-    as_list = masked_sgd(ps, gs, ms, lr=0.5)
-    as_dict = masked_sgd(dict(a=ps[0], b=ps[1]), dict(a=gs[0], b=gs[1]), dict(a=ms[0], b=ms[1]), lr=0.5)
+    as_list = info.rule(ps, gs, ms, lr=0.5)
+    as_dict = info.rule(dict(a=ps[0], b=ps[1]), dict(a=gs[0], b=gs[1]), dict(a=ms[0], b=ms[1]), lr=0.5)
     torch.testing.assert_close(as_list[0], as_dict["a"])
-    torch.testing.assert_close(as_list[1], ps[1] - 0.5 * (ms[1] >= 0) * gs[1])
-    with pytest.raises(ValueError, match="mask_logits"):
-        masked_sgd([ps[0]], [gs[0]], [torch.randn(2, 3)], lr=0.5)
+    torch.testing.assert_close(as_dict["b"], as_list[1])
+    torch.testing.assert_close(as_list[1], ps[1] - step_size(info.gate, ms[1], 0.5) * gs[1])
+    if info.gate == "step":
+        torch.testing.assert_close(as_list[1], ps[1] - 0.5 * (ms[1] >= 0) * gs[1])
+    with pytest.raises(ValueError, match=info.meta_key):
+        info.rule([ps[0]], [gs[0]], [torch.randn(2, 3)], lr=0.5)
 
 
 # ------------------------------------------------------------------------------- memory
-@pytest.mark.parametrize("make_opt", OPTIMIZERS)
+@pytest.mark.parametrize("make_opt", SECOND_ORDER)
 def test_first_order_path_keeps_no_graph(make_opt):
     x, y = task(4)
     model = make_model(4)
@@ -309,4 +333,7 @@ def test_functional_package_exports_the_rules():
     import sparse_optim.functional as fn
 
     assert fn.masked_sgd is masked_sgd and fn.kronecker_sgd is kronecker_sgd
-    assert set(fn.__all__) >= {"masked_sgd", "rectified_sgd", "lookahead_sgd", "kronecker_sgd"}
+    assert fn.rectified_sgd is rectified_sgd and fn.lookahead_sgd is lookahead_sgd and fn.meta_sgd is meta_sgd
+    assert set(fn.__all__) >= {"masked_sgd", "rectified_sgd", "lookahead_sgd", "meta_sgd", "kronecker_sgd"}
+    assert {info.functional for info in BY_NAME.values() if info.elementwise} == {
+        masked_sgd, rectified_sgd, lookahead_sgd, meta_sgd}

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 import sparse_optim as so
 from sparse_optim.distributed import all_reduce_meta_gradients
 
+from conftest import BY_NAME
+
 WORLD = 2
 
 
@@ -33,10 +35,9 @@ def _data():
 
 
 def _make_opt(params, cls):
+    """The registry's (conftest.py) optimizer ``cls`` by name."""
     torch.manual_seed(2)
-    return {"masked": lambda: so.MaskedSGD(params, lr=0.3, mask_lr=0.5),
-            "lookahead": lambda: so.LookaheadLRSGD(params, lr=0.3, rate_lr=0.5),
-            "kronecker": lambda: so.KroneckerSGD(params, lr=0.3, factor_lr=0.5)}[cls]()
+    return BY_NAME[cls].make(params, lr=0.3, meta_lr=0.5)
 
 
 def _meta_iterations(model, opt, xs, ys, iters=3, sync=None):
@@ -53,7 +54,7 @@ def _meta_iterations(model, opt, xs, ys, iters=3, sync=None):
     return [p.detach().clone() for p in opt._ordered_params()] + [m.detach().clone() for m in opt.meta_parameters()]
 
 
-CLASSES = ["masked", "lookahead", "kronecker"]
+CLASSES = list(BY_NAME)  # every optimizer of the registry
 
 
 def _worker(rank, port, out):

@@ -1,37 +1,19 @@
 """First-order meta-gradients of the gated optimizers against an explicitly unrolled inner loop.
 
 The reference builds phi_{k+1} = phi_k - scale * gate(xi) * d_k.detach() from a leaf theta with
-the test's own straight-through functions, and differentiates the outer loss with autograd
-(sparse-MAML Eq. 5 / supplement Eq. 9-10, La-MAML Eq. 7). Also: episode bookkeeping, meta_step,
-a full sparse-La-MAML / La-MAML step (supplement Algorithm 1, La-MAML Eq. 8) by hand, and the
-online (hypergradient) mode.
+the test's own straight-through functions (conftest.py), and differentiates the outer loss with
+autograd (sparse-MAML Eq. 5 / supplement Eq. 9-10, La-MAML Eq. 7, Meta-SGD Eq. 1). Also: episode
+bookkeeping, meta_step, a full sparse-La-MAML / La-MAML step (supplement Algorithm 1, La-MAML
+Eq. 8) by hand, and the online (hypergradient) mode.
 """
 import pytest
 import torch
 
-from sparse_optim import LookaheadLRSGD, MaskedSGD, RectifiedLRSGD
+from sparse_optim import LookaheadLRSGD, MaskedSGD
+
+from conftest import autograd_gate, cases, gate_derivative, infos, step_size
 
 DT = torch.float64
-
-
-class STStep(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, m):
-        return (m >= 0).to(m.dtype)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g
-
-
-class STReLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, m):
-        return torch.where(m > 0, m, torch.zeros_like(m))
-
-    @staticmethod
-    def backward(ctx, g):
-        return g
 
 
 def _close(a, b, tol=1e-10):
@@ -82,14 +64,8 @@ def _unrolled(theta0, meta0, inner_batches, outer_batch, gate, scale, hp):
     return list(grads[: len(meta)]), list(grads[len(meta):])
 
 
-# (class, kwargs, gate used in the reference, scale is lr?)
-VARIANTS = {
-    "masked": (MaskedSGD, dict(mask_init="constant"), STStep.apply, True),
-    "rectified-st": (RectifiedLRSGD, dict(), STReLU.apply, False),
-    "rectified-true-relu": (RectifiedLRSGD, dict(straight_through=False), torch.relu, False),
-    "lookahead-official": (LookaheadLRSGD, dict(), torch.relu, False),
-    "lookahead-st": (LookaheadLRSGD, dict(straight_through=True), STReLU.apply, False),
-}
+# every elementwise gated optimizer, with each straight-through setting it has (registry variants)
+VARIANTS = cases(elementwise=True, descs=["default", "true-relu", "straight-through"])
 HPARAMS = {
     "plain": dict(),
     "momentum-dampening": dict(momentum=0.7, dampening=0.2),
@@ -98,19 +74,26 @@ HPARAMS = {
 }
 
 
-def _setup(variant, hp, lr=0.3, seed=0):
-    cls, kw, gate, lr_scaled = VARIANTS[variant]
+def _setup(case, hp, lr=0.3, seed=0):
+    """The optimizer of `case` with random meta-parameters, and the reference's gate and scale."""
+    info = case.info
+    gate = autograd_gate(info.gate, case.straight_through)
     gen = torch.Generator().manual_seed(seed)
     theta0 = [torch.randn(3, 4, generator=gen, dtype=DT), torch.randn(3, generator=gen, dtype=DT)]
-    if cls is MaskedSGD:
+    if info.gate == "step":
         meta0 = [torch.randn(3, 4, generator=gen, dtype=DT), torch.randn(3, generator=gen, dtype=DT)]
     else:  # rates around lr, some negative and some exactly zero
         meta0 = [lr * torch.randn(3, 4, generator=gen, dtype=DT), lr * torch.randn(3, generator=gen, dtype=DT)]
         meta0[0][0, :2] = 0.0
     params = [t.clone().requires_grad_(True) for t in theta0]
-    opt = cls(params, lr=lr, **kw, **hp)
+    opt = case.make(params, lr=lr, open_gates=True, **hp)
     _set_meta(opt, meta0)
-    return opt, params, theta0, meta0, gate, (lr if lr_scaled else 1.0), gen
+    return opt, params, theta0, meta0, gate, (lr if info.lr_scaled else 1.0), gen
+
+
+def _case(name):
+    """One case of VARIANTS by id."""
+    return next(p.values[0] for p in VARIANTS if p.id == name)
 
 
 def _run_episode(opt, params, inner_batches, outer_batch):
@@ -125,7 +108,7 @@ def _run_episode(opt, params, inner_batches, outer_batch):
 
 
 @pytest.mark.parametrize("hp_name", list(HPARAMS))
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_meta_backward_equals_unrolled_autograd(variant, hp_name):
     hp = HPARAMS[hp_name]
     opt, params, theta0, meta0, gate, scale, gen = _setup(variant, hp)
@@ -152,11 +135,13 @@ def test_meta_backward_equals_unrolled_autograd(variant, hp_name):
     assert sum(g.abs().sum().item() for g in gm) > 1e-3
 
 
-def test_meta_grad_closed_form_masked():
-    """sparse-MAML Eq. 5: dL/dm = -lr * g_out * sum_k g_k (one parameter, K=2, quadratic loss)."""
+@pytest.mark.parametrize("info", infos(elementwise=True))
+def test_meta_grad_closed_form(info):
+    """sparse-MAML Eq. 5: dL/dm = -lr * g_out * sum_k g_k (one parameter, K=2, quadratic loss);
+    for rates dL/dalpha = -g_out * sum_k g_k * gate'(alpha) (La-MAML Eq. 7, Meta-SGD)."""
     theta0 = torch.tensor([1.0, -2.0, 0.5], dtype=DT)
     p = theta0.clone().requires_grad_(True)
-    opt = MaskedSGD([p], lr=0.1, mask_init="constant")
+    opt = info.make([p], lr=0.1, open_gates=True)
     m0 = torch.tensor([0.3, -0.3, 0.0], dtype=DT)
     _set_meta(opt, [m0])
     a = torch.tensor([1.0, 2.0, 3.0], dtype=DT)
@@ -168,18 +153,22 @@ def test_meta_grad_closed_form_masked():
             (0.5 * a * p ** 2).sum().backward()
             g = a * phi
             g_sum += g
-            phi = phi - 0.1 * (m0 >= 0).to(DT) * g
+            phi = phi - step_size(info.gate, m0, 0.1) * g
             opt.step()
         _close(p, phi)
         opt.zero_grad()
         ((p - c) ** 2).sum().backward()
         g_out = 2 * (phi - c)
         opt.meta_backward()
-    _close(opt.meta_parameters()[0].grad, -0.1 * g_out * g_sum)
+    scale = 0.1 if info.lr_scaled else 1.0
+    expected = -scale * g_out * g_sum * gate_derivative(info.gate, m0, info.straight_through)
+    _close(opt.meta_parameters()[0].grad, expected)
+    if info.gate == "step":
+        _close(opt.meta_parameters()[0].grad, -0.1 * g_out * g_sum)
     _close(p.grad, g_out)
 
 
-@pytest.mark.parametrize("variant", ["masked", "rectified-st", "lookahead-official"])
+@pytest.mark.parametrize("variant", cases(elementwise=True, descs=["default"]))
 def test_several_episodes_accumulate_meta_batch(variant):
     opt, params, theta0, meta0, gate, scale, gen = _setup(variant, {}, seed=3)
     stash = [torch.randn(p.shape, generator=gen, dtype=DT) for p in params]
@@ -202,7 +191,7 @@ def test_several_episodes_accumulate_meta_batch(variant):
 
 
 def test_episode_restores_theta_and_grads_on_exception():
-    opt, params, theta0, _, _, _, gen = _setup("masked", dict(momentum=0.9))
+    opt, params, theta0, _, _, _, gen = _setup(_case("masked-default"), dict(momentum=0.9))
     for p in params:
         p.grad = torch.ones_like(p)
     opt.step()
@@ -230,7 +219,7 @@ def test_episode_restores_theta_and_grads_on_exception():
 
 
 def test_param_grads_after_episode_are_stash_plus_outer_grads_and_none_stays_none():
-    opt, params, theta0, meta0, gate, scale, gen = _setup("masked", {})
+    opt, params, theta0, meta0, gate, scale, gen = _setup(_case("masked-default"), {})
     w, b = params
     w.grad = torch.full_like(w, 2.0)  # b has no stashed grad
     inner, outer = [_batch(gen)], _batch(gen)
@@ -437,45 +426,55 @@ def test_online_decay_and_momentum_trace():
         _close(p, theta)
 
 
-@pytest.mark.parametrize("cls,st", [(RectifiedLRSGD, True), (RectifiedLRSGD, False)])
-def test_online_rates_by_hand(cls, st):
+@pytest.mark.parametrize("case", cases(elementwise=True, online=False, where=lambda i: i.supports_online and not i.lr_scaled,
+                                       descs=["default", "true-relu"]))
+def test_online_rates_by_hand(case):
+    info, st = case.info, case.straight_through
     rlr = 0.5
     theta0 = torch.tensor([1.0, 2.0, 3.0], dtype=DT)
-    r0 = torch.tensor([0.1, 0.0, 0.05], dtype=DT)
+    r0 = torch.tensor([0.1, 0.0, -0.05 if info.gate == "linear" else 0.05], dtype=DT)
     g1 = torch.tensor([1.0, 1.0, -1.0], dtype=DT)
     g2 = torch.tensor([-0.4, 0.3, -0.2], dtype=DT)
     p = theta0.clone().requires_grad_(True)
-    opt = cls([p], lr=0.1, rate_lr=rlr, straight_through=st, online=True)
+    opt = case.make([p], lr=0.1, meta_lr=rlr, online=True)
     _set_meta(opt, [r0])
     p.grad = g1.clone()
     opt.step()
-    theta1 = theta0 - r0.clamp_min(0) * g1
+    theta1 = theta0 - step_size(info.gate, r0, 0.1) * g1
     _close(p, theta1)
     p.grad = g2.clone()
     opt.step()
-    hyper = g2 * g1 if st else g2 * g1 * (r0 > 0).to(DT)
+    hyper = g2 * g1 * gate_derivative(info.gate, r0, st)
+    if info.gate == "relu":
+        torch.testing.assert_close(hyper, g2 * g1 if st else g2 * g1 * (r0 > 0).to(DT))
     r1 = r0 + rlr * hyper
     _close(opt.meta_parameters()[0], r1)
-    _close(p, theta1 - r1.clamp_min(0) * g2)
+    _close(p, theta1 - step_size(info.gate, r1, 0.1) * g2)
 
 
-def test_online_maximize_ascends_the_objective():
+@pytest.mark.parametrize("info", infos(elementwise=True, online=True))
+def test_online_maximize_ascends_the_objective(info):
     lr, mlr = 0.5, 1.0
     p = torch.zeros(2, dtype=DT, requires_grad=True)
-    opt = MaskedSGD([p], lr=lr, mask_lr=mlr, mask_init="constant", maximize=True, online=True)
+    opt = info.make([p], lr=lr, meta_lr=mlr, open_gates=True, maximize=True, online=True)
+    m0 = opt.meta_parameters()[0].detach().clone()  # mask logits 0 / rates lr
     g1, g2 = torch.tensor([1.0, 2.0], dtype=DT), torch.tensor([0.5, -1.0], dtype=DT)
     p.grad = g1.clone()
     opt.step()
     p.grad = g2.clone()
     opt.step()
-    # theta_1 = theta_0 + lr * gate * g1 (d1 = -g1); dL/dm = lr * g2 * g1; ascent: m += mlr * dL/dm
-    _close(opt.meta_parameters()[0], mlr * lr * g2 * g1)
+    # theta_1 = theta_0 + scale * gate * g1 (d1 = -g1); dL/dm = scale * g2 * g1 * gate'; ascent: m += mlr * dL/dm
+    scale = lr if info.lr_scaled else 1.0
+    _close(opt.meta_parameters()[0], m0 + mlr * scale * g2 * g1 * gate_derivative(info.gate, m0, info.straight_through))
+    if info.gate == "step":
+        _close(opt.meta_parameters()[0], mlr * lr * g2 * g1)
 
 
-def test_online_masks_change_in_plain_training_and_episode_raises():
+@pytest.mark.parametrize("info", infos(elementwise=True, online=True))
+def test_online_masks_change_in_plain_training_and_episode_raises(info):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
-    opt = MaskedSGD(model.parameters(), lr=0.1, mask_lr=0.5, online=True)
+    opt = info.make(model.parameters(), lr=0.1, meta_lr=0.5, online=True)
     before = [m.detach().clone() for m in opt.meta_parameters()]
     x, y = torch.randn(32, 4), torch.randn(32, 1)
     for _ in range(5):
@@ -486,7 +485,7 @@ def test_online_masks_change_in_plain_training_and_episode_raises():
     with pytest.raises(RuntimeError, match="online"):
         with opt.episode():
             pass
-    offline = MaskedSGD([torch.zeros(2, requires_grad=True)])
+    offline = info.make([torch.zeros(2, requires_grad=True)])
     offline.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "online": True})
     with pytest.raises(RuntimeError, match="online"):
         with offline.episode():

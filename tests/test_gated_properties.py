@@ -1,21 +1,25 @@
 """Property tests (hypothesis) of the gated optimizers: random shapes (0-d and zero-size
 included), dtypes (float32, float64, bfloat16 params with float32 meta-parameters) and
-hyperparameters. The library's step is compared with the functional reference
-(``sparse_optim.functional.gated``) and with the test's own float64 math."""
+hyperparameters, for every elementwise gated optimizer of the registry (conftest.py) with each of
+its straight-through settings. The library's step is compared with the functional reference
+(``sparse_optim.functional.gated``: masked_sgd, rectified_sgd, lookahead_sgd, meta_sgd) and with
+the test's own float64 math."""
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparse_optim import LookaheadLRSGD, MaskedSGD, RectifiedLRSGD
-from sparse_optim.functional.gated import lookahead_sgd, masked_sgd, rectified_sgd
+from sparse_optim import MaskedSGD
+
+from conftest import case_list, frozen, gate_derivative, step_size
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
 shapes = st.lists(st.integers(0, 4), min_size=0, max_size=3).map(tuple)
 dtypes = st.sampled_from([torch.float32, torch.float64, torch.bfloat16])
-classes = st.sampled_from(["masked", "rectified", "rectified-true", "lookahead", "lookahead-st"])
+classes = st.sampled_from(case_list(elementwise=True, descs=["default", "true-relu", "straight-through"]))
+online_classes = st.sampled_from(case_list(elementwise=True, descs=["default"], where=lambda i: i.supports_online))
 
 
 @st.composite
@@ -31,16 +35,11 @@ def hparams(draw):
     )
 
 
-def _make(kind, params, hp):
-    if kind == "masked":
-        return MaskedSGD(params, mask_init="constant", **hp), masked_sgd
-    if kind == "rectified":
-        return RectifiedLRSGD(params, **hp), rectified_sgd
-    if kind == "rectified-true":
-        return RectifiedLRSGD(params, straight_through=False, **hp), rectified_sgd
-    if kind == "lookahead":
-        return LookaheadLRSGD(params, **hp), lookahead_sgd
-    return LookaheadLRSGD(params, straight_through=True, **hp), lookahead_sgd
+def _make(case, params, hp):
+    """The optimizer and its functional rule ``(params, dirs, metas, lr) -> new params``."""
+    def rule(ps, ds, ms, lr):
+        return case.info.rule(ps, ds, ms, lr=lr, straight_through=case.straight_through)
+    return case.make(params, open_gates=True, **hp), rule
 
 
 def _tol(dtype):
@@ -55,28 +54,26 @@ def _own_direction(g, p, buf, hp):
     return (d + hp["momentum"] * buf if hp["nesterov"] else buf), buf
 
 
-def _own_gate(kind, m, lr):
-    if kind == "masked":
-        return lr * (m >= 0).double()
-    return torch.where(m > 0, m, torch.zeros_like(m))
+def _own_gate(case, m, lr):
+    return step_size(case.info.gate, m.double(), lr)
 
 
-def _random_meta(kind, shape, gen):
-    m = torch.randn(shape, generator=gen, dtype=torch.float64) * (1.0 if kind == "masked" else 0.3)
+def _random_meta(case, shape, gen):
+    m = torch.randn(shape, generator=gen, dtype=torch.float64) * (1.0 if case.info.gate == "step" else 0.3)
     if m.numel():
         m.view(-1)[0] = 0.0  # the threshold itself
     return m
 
 
 @SETTINGS
-@given(kind=classes, shape_list=st.lists(shapes, min_size=1, max_size=3), dtype=dtypes, hp=hparams(),
+@given(case=classes, shape_list=st.lists(shapes, min_size=1, max_size=3), dtype=dtypes, hp=hparams(),
        steps=st.integers(1, 3), seed=st.integers(0, 2 ** 31 - 1))
-def test_step_matches_functional_reference_and_own_math(kind, shape_list, dtype, hp, steps, seed):
+def test_step_matches_functional_reference_and_own_math(case, shape_list, dtype, hp, steps, seed):
     gen = torch.Generator().manual_seed(seed)
     init = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in shape_list]
     params = [t.clone().requires_grad_(True) for t in init]
-    opt, functional = _make(kind, params, hp)
-    metas = [_random_meta(kind, s, gen) for s in shape_list]
+    opt, functional = _make(case, params, hp)
+    metas = [_random_meta(case, s, gen) for s in shape_list]
     with torch.no_grad():
         for t, v in zip(opt.meta_parameters(), metas):
             t.copy_(v)
@@ -100,14 +97,11 @@ def test_step_matches_functional_reference_and_own_math(kind, shape_list, dtype,
         for i, (g, b0, b) in enumerate(zip(grads, before, bufs)):
             d, _ = _own_direction(g.double(), b0.double(), None if b is None else b.double(), hp)
             dirs.append(d)
-        if kind == "masked":
-            ref = functional([b.double() for b in before], dirs, [m.double() for m in metas], lr=hp["lr"])
-        else:
-            ref = functional([b.double() for b in before], dirs, [m.double() for m in metas])
+        ref = functional([b.double() for b in before], dirs, [m.double() for m in metas], hp["lr"])
         # own float64 math, independent trajectory from the initial values
         for i, g in enumerate(grads):
             d, own_bufs[i] = _own_direction(g.double(), own[i], own_bufs[i], hp)
-            own[i] = own[i] - _own_gate(kind, metas[i].double(), hp["lr"]) * d
+            own[i] = own[i] - _own_gate(case, metas[i].double(), hp["lr"]) * d
         for p, r in zip(params, ref):
             assert p.dtype == dtype and p.shape == r.shape
             tol = _tol(dtype) * (1 + r.abs().max().item() if r.numel() else 1)
@@ -120,15 +114,15 @@ def test_step_matches_functional_reference_and_own_math(kind, shape_list, dtype,
 
 
 @SETTINGS
-@given(kind=classes, shape_list=st.lists(shapes, min_size=1, max_size=3), dtype=dtypes,
+@given(case=classes, shape_list=st.lists(shapes, min_size=1, max_size=3), dtype=dtypes,
        lr=st.sampled_from([0.01, 0.3]), k=st.integers(1, 3), seed=st.integers(0, 2 ** 31 - 1))
-def test_first_order_meta_grad_formula(kind, shape_list, dtype, lr, k, seed):
+def test_first_order_meta_grad_formula(case, shape_list, dtype, lr, k, seed):
     """dL/dxi = -scale * g_out * sum_k g_k * gate'(xi); theta-grad = g_out; float32 for bf16."""
     gen = torch.Generator().manual_seed(seed)
     params = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype).requires_grad_(True) for s in shape_list]
     theta0 = [p.detach().clone() for p in params]
-    opt, _ = _make(kind, params, dict(lr=lr))
-    metas = [_random_meta(kind, s, gen) for s in shape_list]
+    opt, _ = _make(case, params, dict(lr=lr))
+    metas = [_random_meta(case, s, gen) for s in shape_list]
     with torch.no_grad():
         for t, v in zip(opt.meta_parameters(), metas):
             t.copy_(v)
@@ -145,12 +139,10 @@ def test_first_order_meta_grad_formula(kind, shape_list, dtype, lr, k, seed):
         for p, g in zip(params, outs):
             p.grad = g.clone()
         opt.meta_backward()
-    scale = lr if kind == "masked" else 1.0
+    scale = lr if case.info.lr_scaled else 1.0
     meta_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
     for t, m, go, gs in zip(opt.meta_parameters(), metas, outs, gsum):
-        expected = -scale * go.double() * gs
-        if kind in ("rectified-true", "lookahead"):
-            expected = expected * (m > 0).double()
+        expected = -scale * go.double() * gs * gate_derivative(case.info.gate, m, case.straight_through)
         assert t.grad.dtype == meta_dtype
         tol = 1e-10 if dtype == torch.float64 else 1e-5
         torch.testing.assert_close(t.grad.double(), expected, rtol=tol, atol=tol)
@@ -161,12 +153,12 @@ def test_first_order_meta_grad_formula(kind, shape_list, dtype, lr, k, seed):
 
 
 @SETTINGS
-@given(kind=st.sampled_from(["masked", "rectified"]), shape_list=st.lists(shapes, min_size=1, max_size=3),
+@given(case=online_classes, shape_list=st.lists(shapes, min_size=1, max_size=3),
        dtype=dtypes, seed=st.integers(0, 2 ** 31 - 1))
-def test_online_trace_and_state_keep_meta_precision(kind, shape_list, dtype, seed):
+def test_online_trace_and_state_keep_meta_precision(case, shape_list, dtype, seed):
     gen = torch.Generator().manual_seed(seed)
     params = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype).requires_grad_(True) for s in shape_list]
-    opt, _ = _make(kind, params, dict(lr=0.1, momentum=0.5))
+    opt, _ = _make(case, params, dict(lr=0.1, momentum=0.5))
     for g in opt.param_groups:
         g["online"] = True
     for _ in range(2):
@@ -207,20 +199,20 @@ def test_default_kaiming_init_any_shape(shape_list, dtype, sparsity, seed):
 
 
 @SETTINGS
-@given(kind=classes, shape_list=st.lists(shapes, min_size=1, max_size=4), seed=st.integers(0, 2 ** 31 - 1))
-def test_sparsity_matches_own_count(kind, shape_list, seed):
+@given(case=classes, shape_list=st.lists(shapes, min_size=1, max_size=4), seed=st.integers(0, 2 ** 31 - 1))
+def test_sparsity_matches_own_count(case, shape_list, seed):
     gen = torch.Generator().manual_seed(seed)
     params = [torch.zeros(s, requires_grad=True) for s in shape_list]
-    opt, _ = _make(kind, params, dict(lr=0.1))
-    metas = [_random_meta(kind, s, gen) for s in shape_list]
+    opt, _ = _make(case, params, dict(lr=0.1))
+    metas = [_random_meta(case, s, gen) for s in shape_list]
     with torch.no_grad():
         for t, v in zip(opt.meta_parameters(), metas):
             t.copy_(v)
-    frozen = [int(((m < 0) if kind == "masked" else (m <= 0)).sum()) for m in metas]
+    counts = [int(frozen(case.info.gate, m).sum()) for m in metas]
     total = sum(m.numel() for m in metas)
     s = opt.sparsity()
-    assert s["overall"] == pytest.approx(sum(frozen) / total if total else 0.0)
-    for i, (f, m) in enumerate(zip(frozen, metas)):
+    assert s["overall"] == pytest.approx(sum(counts) / total if total else 0.0)
+    for i, (f, m) in enumerate(zip(counts, metas)):
         assert s["per_parameter"][f"param{i}"] == pytest.approx(f / m.numel() if m.numel() else 0.0)
 
 

@@ -1,7 +1,9 @@
-"""Unit tests of MaskedSGD, RectifiedLRSGD and LookaheadLRSGD against the papers' formulas.
+"""Unit tests of the elementwise gated optimizers (MaskedSGD, RectifiedLRSGD, LookaheadLRSGD,
+MetaSGD; the registry in conftest.py) against the papers' formulas.
 
 Every expected value is computed here by hand (sparse-MAML Eq. 4, sparse-ReLU-MAML, La-MAML
-Eq. 7-8, torch.optim.SGD semantics for the direction), never with the library's helpers.
+Eq. 7-8, Meta-SGD Eq. 1, torch.optim.SGD semantics for the direction), with the test's own gate
+math (conftest.py), never with the library's helpers.
 """
 import itertools
 import math
@@ -9,7 +11,12 @@ import math
 import pytest
 import torch
 
-from sparse_optim import LookaheadLRSGD, MaskedSGD, RectifiedLRSGD, ops
+from sparse_optim import LookaheadLRSGD, MaskedSGD, MetaSGD, RectifiedLRSGD
+
+from conftest import OPTIMIZERS, frozen, infos, step_size
+
+GATED = infos(elementwise=True)
+RATES_CLASSES = infos(elementwise=True, where=lambda i: i.rates_start_at_lr)
 
 DT = torch.float64
 
@@ -46,40 +53,37 @@ def _relu(m):
     return torch.where(m > 0, m, torch.zeros_like(m))
 
 
+def _meta_values(info):
+    return MASK if info.gate == "step" else RATES
+
+
 MASK = torch.tensor([[-1.0, 0.0, 2.0, -0.0], [0.3, -1e-6, 1e-6, -5.0], [4.0, -2.0, 0.0, 1.0]], dtype=DT)
 RATES = torch.tensor([[-1.0, 0.0, 0.2, 0.05], [0.3, -1e-6, 1e-6, -5.0], [0.01, -2.0, 0.0, 1.0]], dtype=DT)
 
 
-def _gate_and_scale(cls, meta, lr):
-    if cls is MaskedSGD:
-        return lr * _step_gate(meta)
-    return _relu(meta)
-
-
-def _make(cls, p, lr, **kw):
-    if cls is MaskedSGD:
-        return MaskedSGD([p], lr=lr, mask_init="constant", **kw)
-    return cls([p], lr=lr, **kw)
+def _make(info, p, lr, **kw):
+    return info.make([p], lr=lr, open_gates=True, **kw)
 
 
 # ----------------------------------------------------------------------------- one step
-@pytest.mark.parametrize("cls", [MaskedSGD, RectifiedLRSGD, LookaheadLRSGD])
-def test_one_step_matches_paper_formula(cls):
+@pytest.mark.parametrize("info", GATED)
+def test_one_step_matches_paper_formula(info):
     torch.manual_seed(0)
     p0 = torch.randn(3, 4, dtype=DT)
     g = torch.randn(3, 4, dtype=DT)
     lr = 0.37
-    meta = MASK if cls is MaskedSGD else RATES
+    meta = _meta_values(info)
     p = _leaf(p0)
-    opt = _make(cls, p, lr)
+    opt = _make(info, p, lr)
     _set_meta(opt, [meta])
     p.grad = g.clone()
     opt.step()
-    expected = p0 - _gate_and_scale(cls, meta, lr) * g
+    expected = p0 - step_size(info.gate, meta, lr) * g
     _close(p, expected)
     # frozen coordinates did not move at all
-    frozen = (meta < 0) if cls is MaskedSGD else (meta <= 0)
-    assert torch.equal(p.detach()[frozen], p0[frozen])
+    still = frozen(info.gate, meta)
+    assert still.any()
+    assert torch.equal(p.detach()[still], p0[still])
     # meta-parameters are not touched by a plain step
     assert torch.equal(opt.meta_parameters()[0].detach(), meta)
 
@@ -93,35 +97,35 @@ def test_masked_gate_is_inclusive_at_zero_and_for_negative_zero():
     assert p.detach().tolist() == [-1.0, -1.0, 0.0]
 
 
-@pytest.mark.parametrize("cls", [MaskedSGD, RectifiedLRSGD, LookaheadLRSGD])
+@pytest.mark.parametrize("info", GATED)
 @pytest.mark.parametrize("maximize", [False, True])
-def test_weight_decay_and_maximize(cls, maximize):
+def test_weight_decay_and_maximize(info, maximize):
     torch.manual_seed(1)
     p0 = torch.randn(3, 4, dtype=DT)
     g = torch.randn(3, 4, dtype=DT)
     lr, wd = 0.2, 0.05
-    meta = MASK if cls is MaskedSGD else RATES
+    meta = _meta_values(info)
     p = _leaf(p0)
-    opt = _make(cls, p, lr, weight_decay=wd, maximize=maximize)
+    opt = _make(info, p, lr, weight_decay=wd, maximize=maximize)
     _set_meta(opt, [meta])
     p.grad = g.clone()
     opt.step()
     d = (-g if maximize else g) + wd * p0
-    _close(p, p0 - _gate_and_scale(cls, meta, lr) * d)
+    _close(p, p0 - step_size(info.gate, meta, lr) * d)
 
 
-@pytest.mark.parametrize("cls", [MaskedSGD, RectifiedLRSGD, LookaheadLRSGD])
+@pytest.mark.parametrize("info", GATED)
 @pytest.mark.parametrize("dampening,nesterov", [(0.0, False), (0.3, False), (0.0, True)])
-def test_momentum_first_and_later_steps(cls, dampening, nesterov):
+def test_momentum_first_and_later_steps(info, dampening, nesterov):
     torch.manual_seed(2)
     p0 = torch.randn(3, 4, dtype=DT)
     lr, mom, wd = 0.1, 0.8, 0.01
-    meta = MASK if cls is MaskedSGD else RATES
+    meta = _meta_values(info)
     p = _leaf(p0)
-    opt = _make(cls, p, lr, momentum=mom, dampening=dampening, nesterov=nesterov, weight_decay=wd)
+    opt = _make(info, p, lr, momentum=mom, dampening=dampening, nesterov=nesterov, weight_decay=wd)
     _set_meta(opt, [meta])
     ref, buf = p0.clone(), None
-    scale = _gate_and_scale(cls, meta, lr)
+    scale = step_size(info.gate, meta, lr)
     for k in range(4):
         g = torch.randn(3, 4, dtype=DT)
         p.grad = g.clone()
@@ -142,30 +146,18 @@ _FLAGS = [
 ]
 
 
-# the default backend (native kernels where built) and the pure-PyTorch reference ops
-BACKENDS = ["auto", "reference"]
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("flags", _FLAGS, ids=lambda f: "-".join(f"{k}={v}" for k, v in f.items()))
-@pytest.mark.parametrize("cls", [MaskedSGD, RectifiedLRSGD, LookaheadLRSGD])
-def test_all_open_gates_equal_torch_sgd_exactly(cls, flags, backend):
-    """All masks >= 0 (MaskedSGD) / all rates = lr: bit-identical to torch.optim.SGD."""
-    with ops.use_backend(backend):
-        _check_equals_sgd(cls, flags)
-
-
-def _check_equals_sgd(cls, flags):
+@pytest.mark.parametrize("info", GATED)
+def test_all_open_gates_equal_torch_sgd_exactly(info, flags, backend):
+    """All masks >= 0 (MaskedSGD) / all rates = lr: bit-identical to torch.optim.SGD, on the
+    reference ops and the native kernels (the ``backend`` fixture)."""
     torch.manual_seed(3)
     shapes = [(17, 33), (33,), ()]
     init = [torch.randn(s) for s in shapes]
     mine = [_leaf(t) for t in init]
     theirs = [_leaf(t) for t in init]
     lr = 0.05
-    if cls is MaskedSGD:
-        opt = MaskedSGD(mine, lr=lr, mask_init="constant", mask_init_value=0.0, **flags)
-    else:
-        opt = cls(mine, lr=lr, **flags)
+    opt = info.make(mine, lr=lr, open_gates=True, **flags)
     ref = torch.optim.SGD(theirs, lr=lr, **flags)
     for _ in range(5):
         for a, b in zip(mine, theirs):
@@ -179,10 +171,11 @@ def _check_equals_sgd(cls, flags):
                 assert torch.equal(opt.state[a]["momentum_buffer"], ref.state[b]["momentum_buffer"])
 
 
-def test_grads_none_are_skipped():
+@pytest.mark.parametrize("info", GATED)
+def test_grads_none_are_skipped(info):
     a, b = _leaf(torch.randn(3, dtype=DT)), _leaf(torch.randn(2, dtype=DT))
     a0, b0 = a.detach().clone(), b.detach().clone()
-    opt = MaskedSGD([a, b], lr=0.5, mask_init="constant", momentum=0.9)
+    opt = info.make([a, b], lr=0.5, open_gates=True, momentum=0.9)
     a.grad = torch.ones(3, dtype=DT)
     opt.step()
     assert torch.equal(b.detach(), b0)
@@ -194,12 +187,12 @@ def test_grads_none_are_skipped():
     _close(a, a0 - 0.5)
 
 
-@pytest.mark.parametrize("cls", [MaskedSGD, RectifiedLRSGD, LookaheadLRSGD])
-def test_closure_returns_loss_and_its_gradient_is_used(cls):
+@pytest.mark.parametrize("info", GATED)
+def test_closure_returns_loss_and_its_gradient_is_used(info):
     torch.manual_seed(4)
     p = _leaf(torch.randn(5, dtype=DT))
     p0 = p.detach().clone()
-    opt = _make(cls, p, 0.1)
+    opt = _make(info, p, 0.1)
     calls = []
 
     def closure():
@@ -216,15 +209,16 @@ def test_closure_returns_loss_and_its_gradient_is_used(cls):
     _close(p, p0 - 0.1 * 2 * p0)
 
 
-def test_zero_grad_leaves_meta_grads_alone():
+@pytest.mark.parametrize("info", infos())
+def test_zero_grad_leaves_meta_grads_alone(info):
     p = _leaf(torch.randn(3))
-    opt = MaskedSGD([p])
+    opt = info.make([p])
     m = opt.meta_parameters()[0]
     p.grad = torch.ones(3)
-    m.grad = torch.full((3,), 2.0)
+    m.grad = torch.full_like(m, 2.0)
     opt.zero_grad()
     assert p.grad is None
-    assert torch.equal(m.grad, torch.full((3,), 2.0))
+    assert torch.equal(m.grad, torch.full_like(m, 2.0))
     p.grad = torch.ones(3)
     opt.zero_grad(set_to_none=False)
     assert torch.equal(p.grad, torch.zeros(3))
@@ -232,27 +226,18 @@ def test_zero_grad_leaves_meta_grads_alone():
     assert m.grad is None
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("cls", [MaskedSGD, RectifiedLRSGD, LookaheadLRSGD])
-def test_add_param_group_with_per_group_hyperparameters_matches_sgd(cls, backend):
-    with ops.use_backend(backend):
-        _check_groups_match_sgd(cls)
-
-
-def _check_groups_match_sgd(cls):
+@pytest.mark.parametrize("info", GATED)
+def test_add_param_group_with_per_group_hyperparameters_matches_sgd(info, backend):
     torch.manual_seed(5)
     a0, b0 = torch.randn(4, 3), torch.randn(6)
     a, b = _leaf(a0), _leaf(b0)
     ra, rb = _leaf(a0), _leaf(b0)
-    if cls is MaskedSGD:
-        opt = MaskedSGD([a], lr=0.1, mask_init="constant", momentum=0.5)
-    else:
-        opt = cls([a], lr=0.1, momentum=0.5)
+    opt = info.make([a], lr=0.1, open_gates=True, momentum=0.5)
     opt.add_param_group({"params": [b], "lr": 0.7, "momentum": 0.0, "weight_decay": 0.1})
     ref = torch.optim.SGD([ra], lr=0.1, momentum=0.5)
     ref.add_param_group({"params": [rb], "lr": 0.7, "momentum": 0.0, "weight_decay": 0.1})
     assert len(opt.meta_parameters()) == 2
-    if cls is not MaskedSGD:  # rates of the new group start at that group's lr
+    if info.rates_start_at_lr:  # rates of the new group start at that group's lr
         assert torch.equal(opt.meta_parameters()[1].detach(), torch.full((6,), 0.7))
     for _ in range(3):
         g1, g2 = torch.randn(4, 3), torch.randn(6)
@@ -274,8 +259,10 @@ def test_add_param_group_with_its_own_mask_init_freezes_that_group():
     assert opt.sparsity()["per_parameter"] == {"param0": 0.0, "param1": 1.0}
 
 
-@pytest.mark.parametrize("cls,kind", [(MaskedSGD, "mask_logits"), (RectifiedLRSGD, "rates"), (LookaheadLRSGD, "rates")])
-def test_named_parameters_give_meta_names(cls, kind):
+@pytest.mark.parametrize("info", GATED)
+def test_named_parameters_give_meta_names(info):
+    kind = info.meta_key
+    cls = info.cls
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
     opt = cls(model.named_parameters())
     names = [n for n, _ in opt.named_meta_parameters()]
@@ -334,13 +321,27 @@ def test_rate_inits():
     assert torch.equal(la.detach(), torch.full((4000,), 0.15))
     la = LookaheadLRSGD([p], rate_init="uniform", rate_init_range=(0.2, 0.4)).meta_parameters()[0]
     assert la.min().item() >= 0.2 and la.max().item() <= 0.4
+    ms = MetaSGD([p]).meta_parameters()[0]  # Meta-SGD: alpha_0 = lr (default 0.1)
+    assert torch.equal(ms.detach(), torch.full((4000,), 0.1))
+
+
+@pytest.mark.parametrize("info", RATES_CLASSES)
+def test_rates_start_at_lr(info):
+    p = torch.zeros(5, 2, requires_grad=True)
+    opt = info.make([p], lr=0.3)
+    assert torch.equal(opt.meta_parameters()[0].detach(), torch.full((5, 2), 0.3))
+    assert opt.sparsity()["overall"] == 0.0
+    default = info.cls([p]).meta_parameters()[0]
+    assert torch.equal(default.detach(), torch.full((5, 2), float(info.cls([p]).defaults["lr"])))
 
 
 def test_meta_dtype_follows_parameter_and_is_float32_for_low_precision():
     for dt, mdt in [(torch.float32, torch.float32), (torch.float64, torch.float64),
                     (torch.bfloat16, torch.float32), (torch.float16, torch.float32)]:
-        for cls in (MaskedSGD, RectifiedLRSGD, LookaheadLRSGD):
-            m = cls([torch.zeros(3, 4, dtype=dt, requires_grad=True)]).meta_parameters()[0]
+        for info in OPTIMIZERS:
+            if not info.elementwise:
+                continue
+            m = info.make([torch.zeros(3, 4, dtype=dt, requires_grad=True)]).meta_parameters()[0]
             assert m.dtype == mdt and m.shape == (3, 4)
 
 
@@ -359,9 +360,26 @@ def test_sparsity_values():
     assert RectifiedLRSGD([a, b], lr=0.1).sparsity()["overall"] == 0.0
 
 
+# fraction frozen of [[-1, 0, 1], [-0.1, -2, 3]] and [0, 0, -1, 5]: 1[m < 0], rate <= 0, rate == 0
+_SPARSITY = {"step": (3 / 6, 1 / 4), "relu": (4 / 6, 3 / 4), "linear": (1 / 6, 2 / 4)}
+
+
+@pytest.mark.parametrize("info", GATED)
+def test_sparsity_counts_frozen_coordinates_of_the_gate(info):
+    a, b = torch.zeros(2, 3, requires_grad=True), torch.zeros(4, requires_grad=True)
+    opt = info.make([a, b], lr=0.1, open_gates=True)
+    assert opt.sparsity()["overall"] == 0.0
+    _set_meta(opt, [torch.tensor([[-1.0, 0.0, 1.0], [-0.1, -2.0, 3.0]]), torch.tensor([0.0, 0.0, -1.0, 5.0])])
+    fa, fb = _SPARSITY[info.gate]
+    s = opt.sparsity()
+    assert s["per_parameter"] == {"param0": pytest.approx(fa), "param1": pytest.approx(fb)}
+    assert s["overall"] == pytest.approx((6 * fa + 4 * fb) / 10)
+
+
 # ----------------------------------------------------------------------------- meta_step
-@pytest.mark.parametrize("cls,lr_name", [(MaskedSGD, "mask_lr"), (RectifiedLRSGD, "rate_lr"), (LookaheadLRSGD, "rate_lr")])
-def test_meta_step_is_sgd_on_meta_parameters_with_per_group_lr(cls, lr_name):
+@pytest.mark.parametrize("info", GATED)
+def test_meta_step_is_sgd_on_meta_parameters_with_per_group_lr(info):
+    cls, lr_name = info.cls, info.meta_lr
     torch.manual_seed(8)
     a, b = _leaf(torch.randn(3, dtype=DT)), _leaf(torch.randn(2, dtype=DT))
     a0, b0 = a.detach().clone(), b.detach().clone()
@@ -379,12 +397,14 @@ def test_meta_step_is_sgd_on_meta_parameters_with_per_group_lr(cls, lr_name):
     assert opt.meta_parameters()[0] is ma  # updated in place
 
 
-def test_masked_meta_step_default_does_not_touch_params():
+@pytest.mark.parametrize("info", infos(where=lambda i: not i.update_params_default))
+def test_meta_step_default_does_not_touch_params(info):
     p = _leaf(torch.randn(3))
     p0 = p.detach().clone()
-    opt = MaskedSGD([p])
+    opt = info.make([p])
     p.grad = torch.ones(3)
-    opt.meta_parameters()[0].grad = torch.ones(3)
+    for m in opt.meta_parameters():
+        m.grad = torch.ones_like(m)
     opt.meta_step()
     assert torch.equal(p.detach(), p0)
 
@@ -427,16 +447,21 @@ def test_masked_meta_step_update_params_is_sparse_la_maml_theta_update():
     assert p.detach().tolist() == [1.0, pytest.approx(1.8), pytest.approx(2.8), 4.0]
 
 
-def test_rectified_meta_step_update_params():
+@pytest.mark.parametrize("info", RATES_CLASSES)
+def test_rates_meta_step_update_params(info):
+    """rates <- rates - rate_lr * g; theta <- theta - gate(rates_new) * grad (a negative Meta-SGD
+    rate ascends, a non-positive rectified rate freezes)."""
     p0 = torch.tensor([1.0, 2.0, 3.0], dtype=DT)
     p = _leaf(p0)
-    opt = RectifiedLRSGD([p], lr=0.1, rate_lr=1.0)
+    opt = info.make([p], lr=0.1, meta_lr=1.0)
     opt.meta_parameters()[0].grad = torch.tensor([0.2, -0.1, 0.0], dtype=DT)
     p.grad = torch.tensor([1.0, 1.0, -1.0], dtype=DT)
     opt.meta_step(update_params=True)
     r1 = torch.tensor([-0.1, 0.2, 0.1], dtype=DT)
     _close(opt.meta_parameters()[0], r1)
-    _close(p, p0 - _relu(r1) * torch.tensor([1.0, 1.0, -1.0], dtype=DT))
+    _close(p, p0 - step_size(info.gate, r1, 0.1) * torch.tensor([1.0, 1.0, -1.0], dtype=DT))
+    if info.gate == "relu":
+        _close(p, p0 - _relu(r1) * torch.tensor([1.0, 1.0, -1.0], dtype=DT))
 
 
 def test_meta_parameters_work_with_an_outer_optimizer():
@@ -446,3 +471,16 @@ def test_meta_parameters_work_with_an_outer_optimizer():
     opt.meta_parameters()[0].grad = torch.ones(3)
     outer.step()
     assert torch.allclose(opt.meta_parameters()[0].detach(), torch.full((3,), 0.4))
+
+
+@pytest.mark.parametrize("info", infos())
+def test_every_optimizers_meta_parameters_work_with_an_outer_optimizer(info):
+    p = _leaf(torch.randn(3))
+    opt = info.make([p])
+    before = [m.detach().clone() for m in opt.meta_parameters()]
+    outer = torch.optim.SGD(opt.meta_parameters(), lr=0.1)
+    for m in opt.meta_parameters():
+        m.grad = torch.ones_like(m)
+    outer.step()
+    for m, b in zip(opt.meta_parameters(), before):
+        assert torch.allclose(m.detach(), b - 0.1)

@@ -1,4 +1,6 @@
-"""The native kernels (csrc/) against the reference ops, their executable specification."""
+"""The native kernels (csrc/) against the reference ops, their executable specification; the
+backend choice (process-wide, and the optimizers' ``backend=`` argument, like torch.optim's
+foreach / fused flags)."""
 from __future__ import annotations
 
 import os
@@ -11,12 +13,15 @@ from unittest import mock
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sparse_optim
 from sparse_optim import functional, ops
 from sparse_optim.ops import native, reference
+
+from conftest import GATE_KINDS, cases, infos
 
 needs_native = pytest.mark.skipif(not native.available(), reason="native extension not available")
 needs_cuda = pytest.mark.skipif(
@@ -97,7 +102,7 @@ step_cases = st.fixed_dictionaries(
         "dtypes": st.sampled_from(DTYPE_PAIRS),
         "shapes": st.lists(st.sampled_from(SHAPES), min_size=1, max_size=4),
         "layouts": st.lists(st.sampled_from(LAYOUTS), min_size=5, max_size=5),
-        "kind": st.sampled_from(["step", "relu"]),
+        "kind": st.sampled_from(GATE_KINDS),
         "scale": st.sampled_from([0.1, 1.0, 0.37]),
         "weight_decay": st.sampled_from([0.0, 0.01]),
         "momentum": st.sampled_from([0.0, 0.9]),
@@ -168,7 +173,7 @@ meta_grad_cases = st.fixed_dictionaries(
         "dtypes": st.sampled_from(DTYPE_PAIRS),
         "shapes": st.lists(st.sampled_from(SHAPES), min_size=1, max_size=4),
         "layouts": st.lists(st.sampled_from(LAYOUTS), min_size=4, max_size=4),
-        "kind": st.sampled_from(["step", "relu"]),
+        "kind": st.sampled_from(GATE_KINDS),
         "straight_through": st.booleans(),
         "scale": st.sampled_from([0.1, -0.5, 1.0]),
         "alias_meta_grads": st.booleans(),
@@ -373,27 +378,16 @@ def run_online(opt_factory, backend: str, steps: int = 5):
     return dict(model.named_parameters()), dict(opt.named_meta_parameters()), []
 
 
-OPTIMIZERS = {
-    "masked": lambda m: sparse_optim.MaskedSGD(m.named_parameters(), lr=0.1, mask_lr=0.05),
-    "masked_momentum": lambda m: sparse_optim.MaskedSGD(m.named_parameters(), lr=0.1, momentum=0.9,
-                                                        nesterov=True, weight_decay=1e-3),
-    "rectified": lambda m: sparse_optim.RectifiedLRSGD(m.named_parameters(), lr=0.1, rate_lr=0.05,
-                                                       rate_init="uniform", dampening=0.1, momentum=0.5),
-    "lookahead": lambda m: sparse_optim.LookaheadLRSGD(m.named_parameters(), lr=0.15, rate_lr=0.3),
-}
-ONLINE = {
-    "masked_online": lambda m: sparse_optim.MaskedSGD(m.named_parameters(), lr=0.1, mask_lr=0.5, online=True,
-                                                      online_decay=0.5, momentum=0.9),
-    "rectified_online": lambda m: sparse_optim.RectifiedLRSGD(m.named_parameters(), lr=0.1, rate_lr=0.5,
-                                                              online=True, straight_through=False),
-}
-
-
 @needs_native
-@pytest.mark.parametrize("name", [*OPTIMIZERS, *ONLINE])
-def test_optimizers_agree_on_both_backends(name):
-    run = run_meta_learning if name in OPTIMIZERS else run_online
-    factory = {**OPTIMIZERS, **ONLINE}[name]
+@pytest.mark.parametrize("case", cases(family="gated"))
+def test_optimizers_agree_on_both_backends(case):
+    """Every gated optimizer and variant of the registry: first-order meta-learning (or online
+    adaptation) on the native kernels and on the reference ops."""
+    run = run_online if case.online else run_meta_learning
+
+    def factory(model):
+        return case.make(model.named_parameters(), lr=0.1, meta_lr=0.5 if case.online else 0.05)
+
     native_result, reference_result = run(factory, "cpu"), run(factory, "reference")
     tol = tolerances(torch.float32, exact=BIT_EXACT_CPU)
     for native_part, reference_part in zip(native_result, reference_result):
@@ -421,16 +415,49 @@ def test_cuda_gated_sgd_step_matches_reference(case):
 
 
 @needs_cuda
-@pytest.mark.parametrize("gated", [False, True])
-def test_cuda_meta_grad_accumulate_matches_reference(gated):
+@pytest.mark.parametrize("kind", GATE_KINDS)
+def test_cuda_meta_grad_accumulate_matches_reference(kind):
     gen = torch.Generator().manual_seed(2)
     lists = [[torch.randn(s, generator=gen).cuda() for s in [(300_000,), (7, 9), (0,)]] for _ in range(4)]
     expected = [clone_list(lst) for lst in lists]
-    kind = "relu" if gated else "step"
     reference.meta_grad_accumulate_(*expected, kind=kind, scale=0.3, straight_through=False)
     with kernels_only():
         native.meta_grad_accumulate_(*lists, kind=kind, scale=0.3, straight_through=False)
     assert_lists_close(lists[0], expected[0], torch.float32, "meta_grads")
+
+
+# ------------------------------------------------------------- the optimizers' backend= flag
+def _run_with_backend_flag(info, backend):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+    opt = info.make(model.parameters(), backend=backend)
+    x, y = torch.randn(8, 5), torch.randint(0, 2, (8,))
+    with opt.episode():
+        for _ in range(2):
+            opt.zero_grad(); F.cross_entropy(model(x), y).backward(); opt.step()
+        opt.zero_grad(); F.cross_entropy(model(x), 1 - y).backward(); opt.meta_backward()
+    opt.meta_step(update_params=True)
+    return [p.detach() for p in model.parameters()] + [m.detach() for m in opt.meta_parameters()]
+
+
+@pytest.mark.parametrize("info", infos())
+def test_forced_reference_backend_is_used_and_agrees(info, monkeypatch):
+    calls = []
+    for name in ("gated_sgd_step_", "meta_grad_accumulate_"):
+        original = getattr(reference, name)
+        monkeypatch.setattr(reference, name, lambda *a, _o=original, _n=name, **k: (calls.append(_n), _o(*a, **k))[1])
+    forced = _run_with_backend_flag(info, "reference")
+    if info.gated:
+        assert "gated_sgd_step_" in calls and "meta_grad_accumulate_" in calls
+    monkeypatch.undo()
+    default = _run_with_backend_flag(info, None)
+    for a, b in zip(forced, default):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_backend_name():
+    with pytest.raises(ValueError, match="backend"):
+        sparse_optim.MaskedSGD([torch.nn.Parameter(torch.randn(2))], backend="gpu")
 
 
 def run_python(code: str, **env) -> subprocess.CompletedProcess:

@@ -11,12 +11,15 @@ from sparse_optim.functional import gated as spec
 from sparse_optim.functional.gates import get_gate
 from sparse_optim.ops.autograd import gated_sgd_update
 
+from conftest import GATE_KINDS
+
+# (gate kind, scale, straight-through): every gate of the registry, both settings where they differ
 CASES = [("step", 0.3, True), ("relu", 1.0, True), ("relu", 1.0, False), ("linear", 1.0, True)]
+assert {k for k, _, _ in CASES} == set(GATE_KINDS)
 
 
 def gated_update(p, d, m, *, kind, scale, straight_through=True):
     return gated_sgd_update([p], [d], [m], get_gate(kind), scale, straight_through)[0]
-BACKENDS = ["reference", "auto"]
 
 
 def _inputs(seed=0, dtype=torch.float64, shape=(3, 4)):
@@ -28,12 +31,10 @@ def _inputs(seed=0, dtype=torch.float64, shape=(3, 4)):
     return p, d, m
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind,scale,st", CASES)
 def test_value_and_gradients_match_the_specification(backend, kind, scale, st):
     p, d, m = (t.requires_grad_() for t in _inputs(1))
-    with ops.use_backend(backend):
-        out = gated_update(p, d, m, kind=kind, scale=scale, straight_through=st)
+    out = gated_update(p, d, m, kind=kind, scale=scale, straight_through=st)
     want = spec.gated_update(p, d, m, kind=kind, scale=scale, straight_through=st)
     torch.testing.assert_close(out, want)
     w = torch.randn_like(out)
@@ -51,18 +52,19 @@ def test_value_and_gradients_match_the_specification(backend, kind, scale, st):
             torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_gradcheck_and_gradgradcheck_where_the_derivative_is_true(backend):
-    """The true derivative exists in p and d for every gate, and in m for the plain rectifier."""
+    """The true derivative exists in p and d for every gate, and in m for the plain rectifier and
+    the linear gate (Meta-SGD)."""
     p, d, m = (t.requires_grad_() for t in _inputs(2))
-    with ops.use_backend(backend):
-        assert gradcheck(lambda p, d, m: gated_update(p, d, m, kind="relu", scale=1.0, straight_through=False),
+    assert gradcheck(lambda p, d, m: gated_update(p, d, m, kind="relu", scale=1.0, straight_through=False),
+                     (p, d, m))
+    assert gradgradcheck(lambda p, d, m: gated_update(p, d, m, kind="relu", scale=1.0, straight_through=False),
                          (p, d, m))
-        assert gradgradcheck(lambda p, d, m: gated_update(p, d, m, kind="relu", scale=1.0, straight_through=False),
-                             (p, d, m))
-        mask = m.detach()
-        assert gradcheck(lambda p, d: gated_update(p, d, mask, kind="step", scale=0.3), (p, d))
-        assert gradgradcheck(lambda p, d: gated_update(p, d, mask, kind="step", scale=0.3), (p, d))
+    assert gradcheck(lambda p, d, m: gated_update(p, d, m, kind="linear", scale=1.0), (p, d, m))
+    assert gradgradcheck(lambda p, d, m: gated_update(p, d, m, kind="linear", scale=1.0), (p, d, m))
+    mask = m.detach()
+    assert gradcheck(lambda p, d: gated_update(p, d, mask, kind="step", scale=0.3), (p, d))
+    assert gradgradcheck(lambda p, d: gated_update(p, d, mask, kind="step", scale=0.3), (p, d))
 
 
 def test_mixed_precision_and_bad_input():
@@ -92,8 +94,8 @@ def test_tensor_scale_is_differentiable():
     torch.testing.assert_close(out, spec.gated_update(p, d, m, kind="step", scale=lr))
 
 
-@pytest.mark.parametrize("kind", ["step", "relu", "linear"])
-def test_list_of_tensors_matches_per_tensor_spec_and_launches_once(kind, monkeypatch):
+@pytest.mark.parametrize("kind", GATE_KINDS)
+def test_list_of_tensors_matches_per_tensor_spec_and_launches_once(kind, backend, monkeypatch):
     """A whole list (mixed shapes and dtypes) in one forward: equal to the spec per tensor, with
     one native call per (device, dtype) group."""
     gen = torch.Generator().manual_seed(4)

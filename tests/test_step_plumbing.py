@@ -1,12 +1,12 @@
-"""The step's cached plumbing: hooks, plans re-validated when groups change, mixed groups."""
+"""The step's cached plumbing: hooks, plans re-validated when groups change, mixed groups
+(the optimizers of the registry, conftest.py)."""
 import pytest
 import torch
 from torch.optim import optimizer as torch_optimizer
 
-import sparse_optim as so
 from sparse_optim.functional import gated as spec
 
-pytestmark = pytest.mark.ops
+from conftest import cases, infos, step_size
 
 
 def _param(*shape, dtype=torch.float32, seed=0):
@@ -16,9 +16,10 @@ def _param(*shape, dtype=torch.float32, seed=0):
     return p
 
 
-def test_step_hooks_run_like_torch_optim():
+@pytest.mark.parametrize("info", infos())
+def test_step_hooks_run_like_torch_optim(info):
     p = _param(3)
-    opt = so.MaskedSGD([p], init_sparsity=0.0)
+    opt = info.make([p], open_gates=True)
     calls = []
     opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
     opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
@@ -30,24 +31,27 @@ def test_step_hooks_run_like_torch_optim():
     assert calls == ["pre", "post", "global"]
 
 
-def test_changed_hyperparameters_are_validated_and_used():
+@pytest.mark.parametrize("info", infos(elementwise=True))
+def test_changed_hyperparameters_are_validated_and_used(info):
     p = _param(4)
-    opt = so.MetaSGD([p], lr=0.1)
+    opt = info.make([p], lr=0.1)
     opt.step()
     opt.param_groups[0]["momentum"] = 0.5
     before = p.detach().clone()
     opt.step()  # the cached plan notices the new value: momentum buffer created
     assert "momentum_buffer" in opt.state[p]
-    torch.testing.assert_close(p.detach(), before - opt._meta[p]["rates"].detach() * p.grad)
+    step = step_size(info.gate, opt._meta[p][info.meta_key].detach(), 0.1)
+    torch.testing.assert_close(p.detach(), before - step * p.grad)
     opt.param_groups[0]["weight_decay"] = -1.0
     with pytest.raises(ValueError, match="weight_decay"):
         opt.step()
-    torch.testing.assert_close(p.detach(), before - opt._meta[p]["rates"].detach() * p.grad)
+    torch.testing.assert_close(p.detach(), before - step * p.grad)
 
 
-def test_added_and_replaced_parameters_are_stepped():
+@pytest.mark.parametrize("info", infos(elementwise=True))
+def test_added_and_replaced_parameters_are_stepped(info):
     a, b = _param(3, seed=1), _param(2, seed=2)
-    opt = so.RectifiedLRSGD([a], lr=0.1)
+    opt = info.make([a], lr=0.1, open_gates=True)
     opt.step()
     opt.add_param_group({"params": [b]})
     before = b.detach().clone()
@@ -55,12 +59,12 @@ def test_added_and_replaced_parameters_are_stepped():
     torch.testing.assert_close(b.detach(), before - 0.1 * b.grad)
 
 
-@pytest.mark.parametrize("make", [lambda ps: so.MaskedSGD(ps, lr=0.1, init_sparsity=0.3),
-                                  lambda ps: so.LookaheadLRSGD(ps, lr=0.1, momentum=0.9)])
-def test_a_group_spanning_dtypes_steps_each_tensor_like_the_spec(make):
-    """float32 and float64 parameters in one group: grouped by dtype, each exactly as the spec."""
+@pytest.mark.parametrize("case", cases(elementwise=True, descs=["default", "momentum"]))
+def test_a_group_spanning_dtypes_steps_each_tensor_like_the_spec(case):
+    """float32 and float64 parameters in one group: grouped by dtype, each exactly as the spec
+    (the first step: a fresh momentum buffer is the gradient)."""
     ps = [_param(3, 2, seed=3), _param(4, dtype=torch.float64, seed=4), _param(5, seed=5)]
-    opt = make(ps)
+    opt = case.make(ps, lr=0.1, init_sparsity=0.3) if case.info.gate == "step" else case.make(ps, lr=0.1)
     want = []
     for p in ps:
         m = next(iter(opt._meta[p].values())).detach()
