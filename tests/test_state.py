@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import sparse_optim as so
 from sparse_optim.continual import ReservoirBuffer
 
 from conftest import BY_NAME, cases, gate_derivative, infos
@@ -376,3 +377,16 @@ def test_online_traces_survive_a_checkpoint(info):
         w.grad = g.clone(); opt.step()
         w2.grad = g.clone(); opt2.step()
     assert torch.equal(w, w2) and torch.equal(opt.meta_parameters()[0], opt2.meta_parameters()[0])
+
+
+def test_state_dict_of_another_class_with_the_same_meta_keys_is_refused():
+    """MetaSGD and RectifiedLRSGD both keep ``rates`` of the parameter's shape: loading one's
+    state into the other used to succeed silently with the other update rule's rates."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    source = so.MetaSGD(model.parameters(), lr=0.1)
+    target = so.RectifiedLRSGD(model.parameters(), lr=0.2)
+    before = [m.detach().clone() for m in target.meta_parameters()]
+    with pytest.raises(ValueError, match="MetaSGD.*RectifiedLRSGD"):
+        target.load_state_dict(source.state_dict())
+    assert all(torch.equal(a, m) for a, m in zip(before, target.meta_parameters()))

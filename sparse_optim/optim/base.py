@@ -354,6 +354,7 @@ class MetaOptimizer(Optimizer):
         if self._episode is not None:
             raise RuntimeError("state_dict() inside an episode is not supported: save between episodes")
         sd = super().state_dict()
+        sd["meta_optimizer"] = type(self).__name__
         sd["meta_state"] = {
             i: {
                 "meta": {k: t.detach().clone() for k, t in self._meta[p].items()},
@@ -368,7 +369,12 @@ class MetaOptimizer(Optimizer):
             raise RuntimeError("load_state_dict() inside an episode is not supported")
         if not isinstance(state_dict, dict) or "meta_state" not in state_dict:
             raise ValueError("state_dict has no 'meta_state': it was not produced by a sparse_optim optimizer")
+        saved_class = state_dict.get("meta_optimizer")
+        if saved_class is not None and saved_class != type(self).__name__:
+            raise ValueError(f"state_dict was saved by {saved_class}, cannot load it into {type(self).__name__} "
+                             "(same meta-parameter shapes, different update rule)")
         state_dict = dict(state_dict)
+        state_dict.pop("meta_optimizer", None)
         meta_state = state_dict.pop("meta_state")
         params = self._ordered_params()
         saved_groups = state_dict.get("param_groups", [])
