@@ -44,6 +44,7 @@ OPTIMIZERS = {
     "MaskedSGD": lambda ps: so.MaskedSGD(ps, lr=0.3),
     "RectifiedLRSGD": lambda ps: so.RectifiedLRSGD(ps, lr=0.3),
     "LookaheadLRSGD": lambda ps: so.LookaheadLRSGD(ps, lr=0.3, rate_lr=0.3),
+    "MetaSGD": lambda ps: so.MetaSGD(ps, lr=0.3),
     "KroneckerSGD": lambda ps: so.KroneckerSGD(ps, lr=0.3),
 }
 
