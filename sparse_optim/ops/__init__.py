@@ -69,6 +69,10 @@ def backend(device: Optional[torch.device] = None, requested: Optional[str] = No
     if name == "reference":
         return "reference"
     native = _native()
+    if name == "native":  # an optimizer's fused=True: the kernels for this device, or an error
+        if native is None or not native.supports(device.type):
+            raise RuntimeError(f"fused=True: no native kernels for {device.type} tensors")
+        return device.type
     if name in ("cpu", "cuda"):
         if native is None:
             raise RuntimeError(f"backend {name!r} was forced but the native extension is not available")

@@ -101,11 +101,10 @@ class MetaOptimizer(Optimizer):
         return wrapper
 
     def __init__(self, params: Any, defaults: Dict[str, Any], nonfinite: str = "skip",
-                 backend: Optional[str] = None) -> None:
+                 backend: Optional[str] = None, foreach: Optional[bool] = None,
+                 fused: Optional[bool] = None) -> None:
         self._nonfinite = NonFinitePolicy(nonfinite)
-        if backend is not None:
-            check_choice("backend", backend, ops.BACKENDS)
-        self.backend = None if backend == "auto" else backend
+        self.backend = _backend_argument(backend, foreach, fused)
         self._meta: Dict[Tensor, Dict[str, Tensor]] = {}
         self._names: Dict[Tensor, str] = {}
         self._trace = self.trace_type()
@@ -126,6 +125,20 @@ class MetaOptimizer(Optimizer):
     def skipped_updates(self) -> int:
         """How many meta-parameter updates the non-finite policy skipped."""
         return self._nonfinite.skipped
+
+    # ------------------------------------------------------------- copies
+    def __getstate__(self) -> Dict[str, Any]:
+        """Everything, so ``copy.deepcopy`` / ``pickle`` give an optimizer that continues exactly
+        like this one (copy the model together with it: ``deepcopy((model, opt))``)."""
+        if self._episode is not None:
+            raise RuntimeError("an optimizer cannot be copied or pickled inside an episode")
+        state = dict(self.__dict__)
+        state["_plans"] = []
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._plans = []
 
     # ------------------------------------------------------------------ hooks
     def _validate_hparams(self, group: Dict[str, Any]) -> None:
@@ -317,7 +330,8 @@ class MetaOptimizer(Optimizer):
 
         With ``update_params`` (default: class-specific) the parameters are then updated with
         the *new* meta-parameters from their ``.grad``: La-MAML Eq. 8 asynchronous update and
-        sparse-La-MAML (supplement Algorithm 1).
+        sparse-La-MAML (supplement Algorithm 1); that gradient is consumed: ``p.grad`` is set to
+        None afterwards, so a loop without ``zero_grad()`` never applies an old gradient again.
         """
         if self._episode is not None:
             raise RuntimeError("meta_step() must be called after the episode has ended")
@@ -345,6 +359,8 @@ class MetaOptimizer(Optimizer):
                     params, grads = self._params_with_grad(group)
                     if params:
                         self._update_params_with_meta(group, params, grads)
+                        for p in params:  # consumed, like the meta-parameters' gradients
+                            p.grad = None
 
     # ---------------------------------------------------------------- state
     def _ordered_params(self) -> List[Tensor]:
@@ -421,3 +437,34 @@ def _clone_tree(x: Any, like: Optional[Tensor] = None) -> Any:
     if isinstance(x, dict):
         return {k: _clone_tree(v, like) for k, v in x.items()}
     return x
+
+
+def _backend_argument(backend: Optional[str], foreach: Optional[bool], fused: Optional[bool]) -> Optional[str]:
+    """The forced backend of ``backend=`` or torch.optim's flags: ``fused=True`` asks for the
+    native kernels on every device (``RuntimeError`` if they cannot be used; ``'native'``),
+    ``foreach=False`` for the reference ops; ``foreach=True`` / ``fused=False`` keep the default."""
+    if backend is not None:
+        check_choice("backend", backend, ops.BACKENDS)
+        backend = None if backend == "auto" else backend
+    for name, flag in (("foreach", foreach), ("fused", fused)):
+        if flag is not None and not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool or None, got {type(flag).__name__}")
+    if fused and foreach is False:
+        raise ValueError("fused=True and foreach=False cannot be combined")
+    wanted = "reference" if foreach is False else ("native" if fused else None)
+    if wanted == "reference":
+        if backend not in (None, "reference"):
+            raise ValueError(f"backend={backend!r} contradicts foreach=False")
+        return "reference"
+    if wanted == "native" and backend == "reference":
+        raise ValueError("backend='reference' contradicts fused=True")
+    if backend in ("cpu", "cuda") or wanted == "native":
+        from ..ops import native
+
+        if not native.available():
+            what = f"backend={backend!r}" if backend is not None else "fused=True"
+            raise RuntimeError(f"{what} needs the native kernels, which are not available here (see the warning above)")
+        if backend == "cuda" and not native.supports("cuda"):
+            raise RuntimeError("backend='cuda' needs the CUDA kernels: no CUDA device or no CUDA build here")
+    return "native" if wanted == "native" and backend is None else backend
+

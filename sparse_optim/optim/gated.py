@@ -143,6 +143,11 @@ class GatedSGD(MetaOptimizer):
         return {"overall": frozen_total / max(total, 1), "per_parameter": per}
 
 
+def _is_conv_weight(name: Optional[str], p: Tensor) -> bool:
+    """sparse-MAML+ default: stochastic masks for 4-d (convolution) weights."""
+    return p.dim() == 4
+
+
 def _fan_in(p: Tensor) -> int:
     """Kaiming fan-in (at least 1, so zero-size parameters get an empty mask)."""
     if p.dim() < 2:
@@ -200,12 +205,14 @@ class MaskedSGD(GatedSGD):
         differentiable: bool = False,
         nonfinite: str = "skip",
         backend: Optional[str] = None,
+        foreach: Optional[bool] = None,
+        fused: Optional[bool] = None,
     ) -> None:
         defaults = dict(lr=lr, mask_lr=mask_lr, init_sparsity=init_sparsity, mask_init=mask_init,
                         mask_init_value=mask_init_value, momentum=momentum, dampening=dampening,
                         nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
                         online=online, online_decay=online_decay, differentiable=differentiable)
-        super().__init__(params, defaults, nonfinite=nonfinite, backend=backend)
+        super().__init__(params, defaults, nonfinite=nonfinite, backend=backend, foreach=foreach, fused=fused)
 
     def _validate_hparams(self, group):
         super()._validate_hparams(group)
@@ -266,12 +273,14 @@ class RectifiedLRSGD(GatedSGD):
         differentiable: bool = False,
         nonfinite: str = "skip",
         backend: Optional[str] = None,
+        foreach: Optional[bool] = None,
+        fused: Optional[bool] = None,
     ) -> None:
         defaults = dict(lr=lr, rate_lr=rate_lr, rate_init=rate_init, rate_init_range=rate_init_range,
                         straight_through=straight_through, momentum=momentum, dampening=dampening,
                         nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
                         online=online, online_decay=online_decay, differentiable=differentiable)
-        super().__init__(params, defaults, nonfinite=nonfinite, backend=backend)
+        super().__init__(params, defaults, nonfinite=nonfinite, backend=backend, foreach=foreach, fused=fused)
 
     def _validate_hparams(self, group):
         super()._validate_hparams(group)
@@ -332,11 +341,13 @@ class MetaSGD(GatedSGD):
         differentiable: bool = False,
         nonfinite: str = "skip",
         backend: Optional[str] = None,
+        foreach: Optional[bool] = None,
+        fused: Optional[bool] = None,
     ) -> None:
         defaults = dict(lr=lr, rate_lr=rate_lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                         weight_decay=weight_decay, maximize=maximize, online=online, online_decay=online_decay,
                         differentiable=differentiable)
-        super().__init__(params, defaults, nonfinite=nonfinite, backend=backend)
+        super().__init__(params, defaults, nonfinite=nonfinite, backend=backend, foreach=foreach, fused=fused)
 
     def _create_meta(self, param, group):
         m = torch.full(param.shape, float(group["lr"]), dtype=meta_dtype(param), device=param.device)
@@ -378,11 +389,13 @@ class LookaheadLRSGD(RectifiedLRSGD):
         differentiable: bool = False,
         nonfinite: str = "skip",
         backend: Optional[str] = None,
+        foreach: Optional[bool] = None,
+        fused: Optional[bool] = None,
     ) -> None:
         super().__init__(params, lr=lr, rate_lr=rate_lr, rate_init=rate_init, rate_init_range=rate_init_range,
                          straight_through=straight_through, momentum=momentum, dampening=dampening,
                          nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
-                         differentiable=differentiable, nonfinite=nonfinite, backend=backend)
+                         differentiable=differentiable, nonfinite=nonfinite, backend=backend, foreach=foreach, fused=fused)
 
 
 class StochasticMaskedSGD(MaskedSGD):
@@ -412,17 +425,18 @@ class StochasticMaskedSGD(MaskedSGD):
                  noise_dim: int = 1600, noise_scale: Optional[float] = None, stochastic=None,
                  momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, maximize: bool = False, differentiable: bool = False,
-                 nonfinite: str = "skip", backend: Optional[str] = None) -> None:
+                 nonfinite: str = "skip", backend: Optional[str] = None,
+                 foreach: Optional[bool] = None, fused: Optional[bool] = None) -> None:
         if isinstance(noise_dim, bool) or not isinstance(noise_dim, int) or noise_dim < 1:
             raise ValueError(f"noise_dim must be a positive integer, got {noise_dim!r}")
         if noise_scale is not None:
             check_rate("noise_scale", noise_scale)
         self._noise_dim, self._noise_scale = noise_dim, noise_scale
-        self._stochastic = stochastic or (lambda name, p: p.dim() == 4)
+        self._stochastic = stochastic or _is_conv_weight
         self._sampled: Dict[Tensor, Tuple[Tensor, Tensor]] = {}
         super().__init__(params, lr=lr, mask_lr=mask_lr, init_sparsity=init_sparsity, momentum=momentum,
                          dampening=dampening, nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
-                         differentiable=differentiable, nonfinite=nonfinite, backend=backend)
+                         differentiable=differentiable, nonfinite=nonfinite, backend=backend, foreach=foreach, fused=fused)
 
     def _validate_hparams(self, group):
         super()._validate_hparams(group)

@@ -77,6 +77,8 @@ class KroneckerSGD(MetaOptimizer):
         differentiable: bool = False,
         nonfinite: str = "skip",
         backend: Optional[str] = None,
+        foreach: Optional[bool] = None,
+        fused: Optional[bool] = None,
     ) -> None:
         defaults = dict(lr=lr, factor_lr=factor_lr, variant=variant, depth=depth, rank=rank, bias=bias,
                         normalize=normalize, init_gain=init_gain, adapt_factors=adapt_factors,
@@ -84,7 +86,7 @@ class KroneckerSGD(MetaOptimizer):
                         momentum=momentum, dampening=dampening, nesterov=nesterov,
                         weight_decay=weight_decay, maximize=maximize, differentiable=differentiable)
         self._fast: Dict[Tensor, Dict[str, Tensor]] = {}
-        super().__init__(params, defaults, nonfinite=nonfinite, backend=backend)
+        super().__init__(params, defaults, nonfinite=nonfinite, backend=backend, foreach=foreach, fused=fused)
 
     def _validate_hparams(self, group):
         super()._validate_hparams(group)

@@ -1,0 +1,139 @@
+"""The torch.optim contract as user code relies on it (issue 13): copies, consumed gradients,
+torch.optim's flags, and backends that cannot run."""
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+
+import sparse_optim as so
+from conftest import OPTIMIZERS, native_available
+
+pytestmark = pytest.mark.ops
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+
+
+def _loss(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(8, 4, generator=g), torch.randn(8, 2, generator=g)
+    return ((model(x) - y) ** 2).mean()
+
+
+def _meta_iteration(model, opt, seed):
+    with opt.episode():
+        for k in range(2):
+            opt.zero_grad()
+            _loss(model, seed + k).backward()
+            opt.step()
+        opt.zero_grad()
+        _loss(model, seed + 7).backward()
+        opt.meta_backward()
+    opt.meta_step(update_params=True)
+    opt.zero_grad()
+
+
+def _copy_by_pickle(obj):
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+@pytest.mark.parametrize("copier", [copy.deepcopy, _copy_by_pickle, lambda o: pickle.loads(pickle.dumps(o))],
+                         ids=["deepcopy", "torch.save", "pickle"])
+@pytest.mark.parametrize("info", OPTIMIZERS, ids=lambda i: i.name)
+def test_copies_keep_every_attribute_and_continue_bit_identically(info, copier):
+    """Used to 'succeed' and then raise AttributeError ('_meta' / '_names') on first use."""
+    model = _model()
+    opt = info.make(model.named_parameters(), nonfinite="raise")
+    if info.name == "StochasticMaskedSGD":
+        pytest.skip("draws its noise from the global generator: two copies cannot agree bit for bit")
+    _meta_iteration(model, opt, 1)
+    model2, opt2 = copier((model, opt))
+    assert opt2.nonfinite == "raise" and opt2.backend == opt.backend
+    assert [n for n, _ in opt2.named_meta_parameters()] == [n for n, _ in opt.named_meta_parameters()]
+    params2 = list(model2.parameters())
+    assert all(any(p is q for q in params2) for g in opt2.param_groups for p in g["params"])
+    for seed in (10, 20):
+        _meta_iteration(model, opt, seed)
+        _meta_iteration(model2, opt2, seed)
+    for a, b in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(opt.meta_parameters(), opt2.meta_parameters()):
+        assert torch.equal(a, b)
+
+
+def test_copy_inside_an_episode_is_refused():
+    model = _model()
+    opt = so.MaskedSGD(model.parameters())
+    with opt.episode(), pytest.raises(RuntimeError, match="episode"):
+        copy.deepcopy(opt)
+
+
+@pytest.mark.parametrize("info", [i for i in OPTIMIZERS if i.name != "StochasticMaskedSGD"], ids=lambda i: i.name)
+def test_meta_step_with_update_params_consumes_theta_gradient(info):
+    """The La-MAML loop without zero_grad applied the sum of all earlier outer gradients."""
+    model = _model()
+    opt = info.make(model.parameters())
+    with opt.episode():
+        opt.zero_grad()
+        _loss(model, 0).backward()
+        opt.step()
+        opt.zero_grad()
+        _loss(model, 1).backward()
+        opt.meta_backward()
+    assert all(p.grad is not None for p in model.parameters())
+    opt.meta_step(update_params=True)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_foreach_false_is_the_reference_path_and_fused_true_the_kernels():
+    model = _model()
+    for info in OPTIMIZERS:
+        assert info.make(model.parameters(), foreach=False).backend == "reference"
+        assert info.make(model.parameters(), foreach=True).backend is None
+        assert info.make(model.parameters(), fused=False).backend is None
+    if native_available():
+        opt = so.MaskedSGD(model.parameters(), fused=True)
+        assert opt.backend == "native"
+        with so.ops.use_backend("reference"):  # fused=True is not overridden by the process default
+            assert so.ops.backend(torch.device("cpu"), opt.backend) == "cpu"
+    with pytest.raises(ValueError, match="foreach"):
+        so.MaskedSGD(model.parameters(), backend="cpu", foreach=False)
+    with pytest.raises(TypeError, match="fused"):
+        so.MaskedSGD(model.parameters(), fused="yes")
+
+
+def test_fused_step_equals_reference_step():
+    if not native_available():
+        pytest.skip("native extension not available")
+    m1, m2 = _model(), _model()
+    o1 = so.MetaSGD(m1.parameters(), fused=True)
+    o2 = so.MetaSGD(m2.parameters(), foreach=False)
+    for opt, model in ((o1, m1), (o2, m2)):
+        _loss(model, 3).backward()
+        opt.step()
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_tensor_lr_must_have_one_element():
+    with pytest.raises(ValueError, match="Tensor lr must be 1-element"):
+        so.MaskedSGD(_model().parameters(), lr=torch.tensor([0.1, 0.2]))
+
+
+def test_a_backend_that_cannot_run_is_refused_at_construction():
+    """backend='cuda' used to be accepted on a CPU-only machine (ops.backend() then said 'cuda')."""
+    from sparse_optim.ops import native
+
+    if not (native_available() and native.supports("cuda")):
+        with pytest.raises(RuntimeError, match="cuda"):
+            so.MaskedSGD(_model().parameters(), backend="cuda")
+    if not native_available():
+        with pytest.raises(RuntimeError, match="native"):
+            so.MaskedSGD(_model().parameters(), backend="cpu")
