@@ -137,3 +137,53 @@ def test_a_backend_that_cannot_run_is_refused_at_construction():
     if not native_available():
         with pytest.raises(RuntimeError, match="native"):
             so.MaskedSGD(_model().parameters(), backend="cpu")
+
+
+def test_episode_restores_module_buffers_when_asked():
+    """BatchNorm running statistics moved across an adaptation episode (0 -> 4 batches tracked)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2))
+    opt = so.MaskedSGD(model.parameters())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def adapt(**kw):
+        with opt.episode(**kw):
+            for k in range(4):
+                opt.zero_grad()
+                _loss(model, k).backward()
+                opt.step()
+
+    adapt(buffers=model)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    adapt()  # the documented default: buffers are left as adaptation moved them
+    assert int(model[1].num_batches_tracked) == 4
+    with pytest.raises(TypeError, match="buffers"):
+        with opt.episode(buffers=[torch.zeros(1)]):
+            pass
+
+
+def test_first_order_episode_restores_buffers_too():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2))
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    mean = model[1].running_mean.clone()
+    with so.first_order_episode(model.parameters(), sgd, buffers=model):
+        _loss(model, 0).backward()
+        sgd.step()
+    assert torch.equal(model[1].running_mean, mean)
+
+
+def test_default_masks_and_the_exact_sgd_setting():
+    """The drop-in line freezes about half the coordinates by default (the paper's init);
+    mask_init='constant', mask_init_value=0.0 is torch.optim.SGD exactly."""
+    m1, m2 = _model(), _model()
+    default = so.MaskedSGD(m1.parameters(), lr=0.1)
+    assert 0.3 < default.sparsity()["overall"] < 0.7
+    exact = so.MaskedSGD(m1.parameters(), lr=0.1, mask_init="constant", mask_init_value=0.0)
+    sgd = torch.optim.SGD(m2.parameters(), lr=0.1)
+    for opt, model in ((exact, m1), (sgd, m2)):
+        _loss(model, 5).backward()
+        opt.step()
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(a, b)

@@ -277,13 +277,18 @@ class MetaOptimizer(Optimizer):
         return self._episode is not None
 
     @contextmanager
-    def episode(self) -> Iterator["MetaOptimizer"]:
-        """Inner loop of one task: theta and gradients are snapshotted and restored on exit."""
+    def episode(self, buffers: Optional[torch.nn.Module] = None) -> Iterator["MetaOptimizer"]:
+        """Inner loop of one task: theta and gradients are snapshotted and restored on exit.
+
+        Module buffers (BatchNorm running statistics, ``num_batches_tracked``) are not parameters
+        and by default are *not* restored: adaptation moves them. ``buffers=model`` snapshots
+        and restores ``model``'s buffers too (test-time adaptation without leaking into the model).
+        """
         if self._episode is not None:
             raise RuntimeError("nested episodes are not supported: leave the current opt.episode() first")
         if any(g.get("online", False) for g in self.param_groups):
             raise RuntimeError("episode() cannot be used with online=True param groups")
-        ep = Episode(self._ordered_params(), self.state)
+        ep = Episode(self._ordered_params(), self.state, buffers=buffers)
         self._trace.clear()
         self._episode = ep
         self._episode_started()

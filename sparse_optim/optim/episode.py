@@ -25,7 +25,12 @@ class Episode:
     ``state`` mapping, or None). :meth:`restore` puts them back and hands the accumulated outer
     gradients back in ``p.grad`` (added to the gradients stashed at the start)."""
 
-    def __init__(self, params: Iterable[Tensor], state: Optional[Dict] = None) -> None:
+    def __init__(self, params: Iterable[Tensor], state: Optional[Dict] = None,
+                 buffers: Optional[torch.nn.Module] = None) -> None:
+        if buffers is not None and not isinstance(buffers, torch.nn.Module):
+            raise TypeError(f"buffers must be a torch.nn.Module (its buffers are restored), got {type(buffers).__name__}")
+        self.buffers = [] if buffers is None else [b for b in buffers.buffers() if b is not None]
+        self.buffer_values = [b.detach().clone() for b in self.buffers]
         self.params: List[Tensor] = list(params)
         self.state = state
         self.steps = 0
@@ -50,6 +55,8 @@ class Episode:
 
     def restore(self) -> None:
         with torch.no_grad():
+            for b, value in zip(self.buffers, self.buffer_values):
+                b.copy_(value)
             for i, p in enumerate(self.params):
                 p.copy_(self.theta[i])
                 stashed, outer = self.stashed_grads[i], self.outer_grads.get(i)
@@ -65,17 +72,17 @@ class Episode:
 
 
 @contextmanager
-def first_order_episode(params: Iterable[Tensor], optimizer: Optional[torch.optim.Optimizer] = None
-                        ) -> Iterator[Episode]:
+def first_order_episode(params: Iterable[Tensor], optimizer: Optional[torch.optim.Optimizer] = None,
+                        buffers: Optional[torch.nn.Module] = None) -> Iterator[Episode]:
     """An :class:`Episode` over ``params`` (momentum buffers of ``optimizer`` are stashed too),
-    restored on exit, also when the body raises."""
+    restored on exit, also when the body raises; ``buffers=model`` restores its buffers too."""
     params = list(params)
     if optimizer is not None:
         owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
         params = params or [p for g in optimizer.param_groups for p in g["params"]]
         if any(id(p) not in owned for p in params):
             raise ValueError("first_order_episode: every parameter must belong to the optimizer")
-    ep = Episode(params, None if optimizer is None else optimizer.state)
+    ep = Episode(params, None if optimizer is None else optimizer.state, buffers=buffers)
     try:
         yield ep
     finally:

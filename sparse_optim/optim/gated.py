@@ -167,7 +167,9 @@ class MaskedSGD(GatedSGD):
         params: iterable of parameters, (name, parameter) pairs, or param-group dicts.
         lr: inner learning rate alpha (default 0.1, supplement B.1.1).
         mask_lr: meta learning rate gamma_m of :meth:`meta_step` (default 0.0075, Table S2).
-        init_sparsity: initial fraction of frozen coordinates for ``mask_init='kaiming'``.
+        init_sparsity: initial fraction of frozen coordinates for ``mask_init='kaiming'``
+            (default 0.5, the paper's: half the coordinates start frozen; ``mask_init='constant'``
+            with ``mask_init_value=0.0`` starts every mask open, i.e. exactly ``torch.optim.SGD``).
         mask_init: ``'kaiming'`` (Kaiming-uniform logits shifted so that a fraction
             ``init_sparsity`` is negative, supplement B.1.1) or ``'constant'``.
         mask_init_value: logits value for ``mask_init='constant'``.

@@ -28,7 +28,9 @@ class KroneckerSGD(MetaOptimizer):
     ReLU between Kronecker layers) or the low-rank Cholesky form (appendix A.2.3, Eq. 8,
     ``variant='cholesky'``, rank ``rank``); optional gradient normalisation with a learnable
     scale (appendix A.1.2, ``normalize=True``) and bias (KFO uses none). Kronecker factors
-    start at the identity, so the first step is plain SGD. Matrix views of parameters are
+    start at the identity, so the first step is plain SGD; low-rank Cholesky factors are
+    Glorot-normal (KFO A.2.3), so its first step ``lr * C C^T d`` is a random rank-r projection
+    of the gradient, not SGD (meta-train it before using it as a drop-in). Matrix views of parameters are
     described in :mod:`sparse_optim.functional.kronecker`.
 
     First-order meta-gradient: with inner directions held constant,
