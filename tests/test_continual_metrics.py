@@ -169,3 +169,15 @@ def test_bad_arguments():
         retained_accuracy(R3, after_task=3)
     with pytest.raises(ValueError, match="matrix"):
         AccuracyMatrix.from_dict({"num_tasks": 2, "matrix": [[0.1]]})
+
+
+def test_a_percentage_is_refused():
+    """update(0, 0, 75.0) used to be accepted silently and reported RA 7500%."""
+    from sparse_optim.continual import AccuracyMatrix
+
+    R = AccuracyMatrix(2)
+    with pytest.raises(ValueError, match="fraction"):
+        R.update(0, 0, 75.0)
+    with pytest.raises(ValueError, match="fraction"):
+        R.update_row(0, [0.5, 1.5])
+    R.update(0, 0, 0.75)

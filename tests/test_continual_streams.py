@@ -250,3 +250,13 @@ def test_bad_arguments(data):
         mnist_rotations(xtr, ytr, xte, yte, samples_per_task=5, max_angle=0.0)
     with pytest.raises(ValueError, match="seed"):
         mnist_rotations(xtr, ytr, xte, yte, samples_per_task=5, seed=-1)
+
+
+def test_task_repr_is_short():
+    import torch
+    from sparse_optim.continual.streams import Task
+
+    t = Task(task_id=3, x_train=torch.rand(500, 784), y_train=torch.zeros(500, dtype=torch.long),
+             x_test=torch.rand(100, 784), y_test=torch.zeros(100, dtype=torch.long), kind="rotation", angle=45.0)
+    text = repr(t)
+    assert len(text) < 120 and "task_id=3" in text and "angle=45" in text

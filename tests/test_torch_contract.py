@@ -187,3 +187,18 @@ def test_default_masks_and_the_exact_sgd_setting():
         opt.step()
     for a, b in zip(m1.parameters(), m2.parameters()):
         assert torch.equal(a, b)
+
+
+def test_higher_without_tracked_grads_warns_that_masks_learn_nothing():
+    higher = pytest.importorskip("higher")
+    model = _model()
+    opt = so.MaskedSGD(model.parameters())
+    with pytest.warns(UserWarning, match="meta_backward"):
+        with higher.innerloop_ctx(model, opt, copy_initial_weights=False, track_higher_grads=False) as (f, d):
+            d.step(_loss(f, 0))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with higher.innerloop_ctx(model, opt, copy_initial_weights=False) as (f, d):
+            d.step(_loss(f, 0))

@@ -153,6 +153,8 @@ class AccuracyMatrix:
         acc = float(acc)
         if not math.isfinite(acc):
             raise ValueError(f"{name} must be finite, got {acc}")
+        if not 0.0 <= acc <= 1.0:
+            raise ValueError(f"{name} must be a fraction in [0, 1] (not a percentage), got {acc}")
         return acc
 
     def update(self, i: int, j: int, acc: float) -> None:

@@ -67,6 +67,11 @@ class Task:
     train_index: Optional[Tensor] = None
     test_index: Optional[Tensor] = None
 
+    def __repr__(self) -> str:
+        detail = f"angle={self.angle:g}" if self.angle is not None else f"kind={self.kind!r}"
+        return (f"Task(task_id={self.task_id}, {detail}, train={self.num_train}x{tuple(self.x_train.shape[1:])}, "
+                f"test={self.num_test})")
+
     @property
     def num_train(self) -> int:
         return int(self.x_train.shape[0])

@@ -11,6 +11,7 @@ Every :class:`~sparse_optim.GatedSGD` subclass is registered, so a new gate need
 """
 from __future__ import annotations
 
+import warnings
 from typing import Dict, List
 
 import higher
@@ -30,6 +31,11 @@ class _MetaDifferentiableOptimizer(DifferentiableOptimizer):
         reference_params = list(reference_params)
         super().__init__(other, reference_params, *args, **kwargs)
         self._source = other
+        if not self._track_higher_grads:
+            warnings.warn(
+                f"higher with track_higher_grads=False detaches the fast weights at every step, so the "
+                f"meta-parameters of {type(other).__name__} receive no gradient; for first-order "
+                "meta-learning use `with opt.episode(): ...; opt.meta_backward()`", UserWarning, stacklevel=4)
         self._meta: List[List[Dict[str, Tensor]]] = [
             [other._meta[p] for p in group["params"]] for group in other.param_groups
         ]

@@ -84,7 +84,8 @@ def available() -> bool:
                     if reason is not None:
                         warnings.warn(
                             f"sparse_optim: native kernels unavailable ({reason}); using the pure-PyTorch "
-                            "reference ops (sparse_optim.ops.reference), which give identical results.",
+                            "reference ops (sparse_optim.ops.reference): the same results for float32 / float64 "
+                            "(bit for bit); bfloat16 / float16 parameters may differ in the last bit.",
                             RuntimeWarning,
                             stacklevel=2,
                         )
