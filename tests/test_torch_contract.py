@@ -202,3 +202,33 @@ def test_higher_without_tracked_grads_warns_that_masks_learn_nothing():
         warnings.simplefilter("error")
         with higher.innerloop_ctx(model, opt, copy_initial_weights=False) as (f, d):
             d.step(_loss(f, 0))
+
+
+def test_load_state_dict_matches_parameters_by_name():
+    """Same-shape parameters given in another order used to load with swapped masks, silently."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+    named = list(model.named_parameters())
+    opt = so.MaskedSGD(named, lr=0.1, momentum=0.9)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    sd = opt.state_dict()
+    reordered = so.MaskedSGD(list(reversed(named)), lr=0.1, momentum=0.9)
+    reordered.load_state_dict(sd)
+    for name, p in named:
+        torch.testing.assert_close(reordered._meta[p]["mask_logits"], opt._meta[p]["mask_logits"])
+        torch.testing.assert_close(reordered.state[p]["momentum_buffer"], opt.state[p]["momentum_buffer"])
+    other = torch.nn.Linear(3, 3)
+    renamed = so.MaskedSGD([("x.weight", other.weight), ("x.bias", other.bias)] + named[2:], lr=0.1)
+    with pytest.raises(ValueError, match="names parameters"):
+        renamed.load_state_dict(sd)
+
+
+def test_shape_mismatch_names_both_sides():
+    torch.manual_seed(0)
+    a = torch.nn.Linear(3, 2)
+    b = torch.nn.Linear(2, 3)
+    sd = so.MaskedSGD([("w", a.weight)]).state_dict()
+    with pytest.raises(ValueError, match=r"param0 \(saved as w\).*\(2, 3\).*\(3, 2\)"):
+        so.MaskedSGD([b.weight]).load_state_dict(sd)  # matched by position: no names on this side

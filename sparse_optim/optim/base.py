@@ -385,6 +385,11 @@ class MetaOptimizer(Optimizer):
         }
         return sd
 
+    def _align_by_name(self, saved_groups, meta_state):
+        """Saved parameters matched by name where both sides have names (torch 2.x saves
+        ``param_names`` for named parameters), else by position."""
+        return _align(self.param_groups, saved_groups, meta_state)
+
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         if self._episode is not None:
             raise RuntimeError("load_state_dict() inside an episode is not supported")
@@ -408,15 +413,20 @@ class MetaOptimizer(Optimizer):
             self._validate_hparams(g)
         if len(meta_state) != len(params):
             raise ValueError(f"state_dict has meta-parameters for {len(meta_state)} parameters, expected {len(params)}")
+        saved_groups, meta_state, saved_names = self._align_by_name(saved_groups, meta_state)
+        state_dict["param_groups"] = saved_groups
         for i, p in enumerate(params):
             saved = meta_state[i]["meta"]
             mine = self._meta[p]
+            where = f"{self._names[p]} (saved as {saved_names[i]})" if saved_names[i] != self._names[p] \
+                else self._names[p]
             if set(saved) != set(mine):
-                raise ValueError(f"meta-parameters of {self._names[p]}: keys {sorted(saved)} != {sorted(mine)}")
+                raise ValueError(f"meta-parameters of {where}: keys {sorted(saved)} in the state_dict, "
+                                 f"expected {sorted(mine)}")
             for k, t in mine.items():
                 if tuple(saved[k].shape) != tuple(t.shape):
                     raise ValueError(
-                        f"meta-parameter {self._names[p]}.{k} has shape {tuple(saved[k].shape)} in the "
+                        f"meta-parameter {k} of {where} has shape {tuple(saved[k].shape)} in the "
                         f"state_dict, expected {tuple(t.shape)}"
                     )
         # never alias the caller's tensors: momentum buffers are updated in place
@@ -429,6 +439,29 @@ class MetaOptimizer(Optimizer):
                     t.copy_(meta_state[i]["meta"][k])
                 self._trace.load(p, meta_state[i].get("trace"))
         self._plans = []
+
+
+def _saved_names(group: Dict[str, Any], first: int) -> List[str]:
+    return list(group.get("param_names") or [f"param{first + j}" for j in range(len(group["params"]))])
+
+
+def _align(self_groups, saved_groups, meta_state):
+    """Reorder each saved group to this optimizer's parameter order, by parameter name."""
+    aligned, new_meta, names, first = [], {}, [], 0
+    for mine, saved in zip(self_groups, saved_groups):
+        my_names, old_names = _saved_names(mine, first), _saved_names(saved, first)
+        order = list(range(len(old_names)))
+        if mine.get("param_names") and saved.get("param_names"):
+            if sorted(my_names) != sorted(old_names) or len(set(old_names)) != len(old_names):
+                raise ValueError(f"state_dict names parameters {old_names}, this optimizer {my_names}")
+            order = [old_names.index(n) for n in my_names]
+        aligned.append({**saved, "params": [saved["params"][j] for j in order],
+                        **({"param_names": [old_names[j] for j in order]} if saved.get("param_names") else {})})
+        for k, j in enumerate(order):
+            new_meta[first + k] = meta_state[first + j]
+            names.append(old_names[j])
+        first += len(order)
+    return aligned, new_meta, names
 
 
 def _clone_tree(x: Any, like: Optional[Tensor] = None) -> Any:
