@@ -232,3 +232,30 @@ def test_shape_mismatch_names_both_sides():
     sd = so.MaskedSGD([("w", a.weight)]).state_dict()
     with pytest.raises(ValueError, match=r"param0 \(saved as w\).*\(2, 3\).*\(3, 2\)"):
         so.MaskedSGD([b.weight]).load_state_dict(sd)  # matched by position: no names on this side
+
+
+@pytest.mark.parametrize("cls", [so.RectifiedLRSGD, so.LookaheadLRSGD, so.MetaSGD])
+def test_an_lr_schedule_on_learned_rates_is_refused(cls):
+    """StepLR used to lower group['lr'] to 1e-4 while the rates stayed at 0.1, silently."""
+    model = _model()
+    opt = cls(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.1)
+    _loss(model, 0).backward()
+    opt.step()
+    sched.step()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="rate_lr"):
+        opt.step()
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_an_lr_schedule_on_masked_sgd_scales_the_step():
+    model = _model()
+    opt = so.MaskedSGD(model.parameters(), lr=0.1, mask_init="constant")
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.1)
+    sched.step()
+    _loss(model, 0).backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()
+    for a, p in zip(before, model.parameters()):
+        torch.testing.assert_close(p.detach(), a - 0.01 * p.grad)

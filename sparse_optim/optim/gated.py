@@ -44,6 +44,17 @@ class GatedSGD(MetaOptimizer):
             check_fraction("online_decay", group["online_decay"])
         if group.get("online") and group.get("differentiable"):
             raise ValueError("online=True is not supported together with differentiable=True")
+        initial = group.get("rates_initialised_from_lr")
+        if initial is not None and "lr" in group and group["lr"] != initial:
+            raise ValueError(
+                f"{type(self).__name__}: lr only sets the initial learning rates (here {initial}); the rates "
+                f"are meta-parameters, so changing lr (e.g. with an LR scheduler) to {group['lr']} would have no "
+                f"effect. Schedule {self.meta_lr_name} instead, or scale the rates in opt.meta_parameters().")
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        if not self.gate.lr_scaled:  # lr became the rates' initial value: later changes are refused
+            self.param_groups[-1]["rates_initialised_from_lr"] = self.param_groups[-1]["lr"]
 
     def _logits(self, p: Tensor) -> Tensor:
         """The meta-parameter tensor the gate reads for parameter ``p``."""
