@@ -21,16 +21,10 @@ import torch
 from torch.autograd import Function
 
 from ..functional.gates import Gate, gate
+from .reference import gated_value
 
 Tensor = torch.Tensor
 _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-
-
-def _formula(p: Tensor, d: Tensor, m: Tensor, g: Gate, scale) -> Tensor:
-    """The forward value in tensor ops, rounded once to the parameter's precision."""
-    if p.dtype == m.dtype == d.dtype and not isinstance(scale, Tensor):
-        return torch.addcmul(p, g.value(m), d, value=-scale)
-    return (p.to(m.dtype) - scale * g.value(m) * d.to(m.dtype)).to(p.dtype)
 
 
 class _GatedSGDUpdate(Function):
@@ -42,7 +36,7 @@ class _GatedSGDUpdate(Function):
         if len(tensors) > 3 * n:
             scale = tensors[3 * n]
         if isinstance(scale, Tensor) or any(_is_wrapped(t) for t in tensors):
-            return tuple(_formula(p, d, m, g, scale) for p, d, m in zip(params, dirs, metas))
+            return tuple(gated_value(p, d, m, g, scale) for p, d, m in zip(params, dirs, metas))
         from ..functional.gated import run_grouped
 
         out = [p.detach().clone() for p in params]

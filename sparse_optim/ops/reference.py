@@ -59,6 +59,15 @@ def sgd_directions(
     return bufs
 
 
+def gated_value(param: Tensor, direction: Tensor, meta: Tensor, gate, scale) -> Tensor:
+    """``param - scale * gate(meta) * direction`` out of place, computed in the meta-parameter's
+    precision and rounded once to the parameter's (the per-tensor form of :func:`gated_sgd_step_`).
+    ``scale`` may be a tensor."""
+    if param.dtype == meta.dtype == direction.dtype and not isinstance(scale, Tensor):
+        return torch.addcmul(param, gate.value(meta), direction, value=-scale)
+    return (param.to(meta.dtype) - scale * gate.value(meta) * direction.to(meta.dtype)).to(param.dtype)
+
+
 def gated_sgd_step_(
     params: List[Tensor],
     grads: List[Tensor],
@@ -97,13 +106,12 @@ def gated_sgd_step_(
                 torch._foreach_add_(traces, dirs)
             return
         for i, (p, d, m) in enumerate(zip(params, dirs, metas)):
-            d32 = d.to(m.dtype)
-            p.copy_(p.to(m.dtype) - scale * gate.value(m) * d32)  # one rounding to the parameter's precision
+            p.copy_(gated_value(p, d, m, gate, scale))
             if traces is not None:
                 t = traces[i]
                 if trace_decay != 1.0:
                     t.mul_(trace_decay)
-                t.add_(d32.to(t.dtype))
+                t.add_(d.to(m.dtype).to(t.dtype))
 
 
 def meta_grad_accumulate_(

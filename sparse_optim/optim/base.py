@@ -464,16 +464,15 @@ def _align(self_groups, saved_groups, meta_state):
     return aligned, new_meta, names
 
 
-def _clone_tree(x: Any, like: Optional[Tensor] = None) -> Any:
+def _clone_tree(x: Any) -> Any:
     if x is None:
         return None
     if isinstance(x, Tensor):
-        y = x.detach().clone()
-        return y if like is None else y.to(device=like.device)
+        return x.detach().clone()
     if isinstance(x, (list, tuple)):
-        return type(x)(_clone_tree(v, like) for v in x)
+        return type(x)(_clone_tree(v) for v in x)
     if isinstance(x, dict):
-        return {k: _clone_tree(v, like) for k, v in x.items()}
+        return {k: _clone_tree(v) for k, v in x.items()}
     return x
 
 
