@@ -490,3 +490,48 @@ def test_missing_compiler_warns_once_and_uses_reference():
     result = run_python(FALLBACK_SCRIPT, CXX="/nonexistent/c++")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:3] == ["False False reference", "[0.5, 0.5, 0.5]", "1"]
+
+
+# ------------------------------------------------------------------ the non-finite check
+finite_cases = st.fixed_dictionaries(dict(
+    sizes=st.lists(st.sampled_from([0, 1, 7, 16, 17, 33, 70_000, 140_000]), min_size=1, max_size=4),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]),
+    bad=st.lists(st.tuples(st.integers(0, 3), st.floats(0, 1), st.sampled_from([float("nan"), float("inf"),
+                                                                                  -float("inf"), 3e38])),
+                 max_size=2),
+    transposed=st.booleans(),
+))
+
+
+@settings(max_examples=150, deadline=None)
+@given(finite_cases)
+def test_all_finite_matches_elementwise_isfinite(case):
+    """ops.all_finite (the native single pass, the reference x*0 sums) against torch.isfinite,
+    with values near the dtype's maximum (a plain sum would overflow there)."""
+    g = torch.Generator().manual_seed(len(case["sizes"]))
+    tensors = [torch.randn(n, generator=g).to(case["dtype"]) * 1e4 for n in case["sizes"]]
+    for which, where, value in case["bad"]:
+        t = tensors[which % len(tensors)]
+        if t.numel():
+            t[int(where * (t.numel() - 1))] = value
+    if case["transposed"] and tensors[0].numel() >= 16:
+        tensors[0] = tensors[0][:16].view(4, 4).t()  # non-contiguous
+    expected = all(bool(torch.isfinite(t).all()) for t in tensors)
+    assert bool(reference.all_finite(tensors)) is expected
+    assert bool(ops.all_finite(tensors)) is expected
+    if native.available():
+        with kernels_only():
+            assert bool(native.all_finite(tensors)) is expected
+
+
+@needs_native
+def test_nonfinite_check_is_one_native_call_not_a_norm_per_tensor():
+    """meta_backward's check is the single multi-tensor op (was torch._foreach_norm: 16x slower)."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    opt = sparse_optim.MaskedSGD(model.parameters())
+    with opt.episode():
+        model(torch.randn(3, 4)).sum().backward(); opt.step()
+        with mock.patch.object(torch, "_foreach_norm", side_effect=AssertionError("norm used")), \
+                mock.patch.object(torch.ops.sparse_optim, "all_finite", wraps=torch.ops.sparse_optim.all_finite) as op:
+            opt.meta_backward()
+        assert op.call_count == 1

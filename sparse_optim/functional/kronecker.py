@@ -189,6 +189,16 @@ def adapted_factors(
     if transform is None:
         def transform(d, f):
             return kronecker_transform(d, f, variant=variant, depth=depth)
+    if not create_graph:  # torch.func.grad: also traces under torch.compile (autograd.grad does not)
+        direction, outer = previous_direction.detach(), grad.detach()
+        free = {k: v.detach() for k, v in factors.items() if v.is_floating_point()}
+
+        def surrogate(trainable):
+            u = transform(direction, {**factors, **trainable})
+            return -lr * (u * outer.to(u.dtype)).sum()
+
+        hyper = torch.func.grad(surrogate)(free)
+        return {**factors, **{k: factors[k] - factor_lr * h for k, h in hyper.items()}}
     with torch.enable_grad():
         # fresh views: the hypergradient is the partial derivative through U only, even where
         # ``grad`` itself depends on the factors (a second-order inner loop)

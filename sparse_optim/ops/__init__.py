@@ -96,3 +96,22 @@ def implementation(device: torch.device, requested: Optional[str] = None):
     if impl is None:
         impl = _chosen[key] = reference if backend(device, requested) == "reference" else _native()
     return impl
+
+
+def all_finite(tensors, requested: Optional[str] = None) -> torch.Tensor:
+    """0-d bool tensor on the first tensor's device: whether every element of ``tensors`` is
+    finite. One multi-tensor pass per device (the native op on CPU), no host synchronisation;
+    under ``torch.compile`` the reference expression, which inductor fuses."""
+    tensors = [t for t in tensors if t is not None]
+    if not tensors:
+        return torch.ones((), dtype=torch.bool)
+    device = tensors[0].device
+    compiling = torch.compiler.is_compiling()
+    if all(t.device == device for t in tensors):
+        return (reference if compiling else implementation(device, requested)).all_finite(tensors)
+    by_device: dict = {}
+    for t in tensors:
+        by_device.setdefault(t.device, []).append(t)
+    flags = [(reference if compiling else implementation(d, requested)).all_finite(group).to(device)
+             for d, group in by_device.items()]
+    return torch.stack(flags).all()

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import List, MutableMapping, Optional
 
 EXTENSION_NAME = "sparse_optim_native"
-CPU_SOURCES = ("bindings.cpp", "flat_operands.cpp", "gated_ops.cpp", "gated_cpu.cpp", "kronecker_ops.cpp")
+CPU_SOURCES = ("bindings.cpp", "flat_operands.cpp", "gated_ops.cpp", "gated_cpu.cpp", "kronecker_ops.cpp",
+               "finite_cpu.cpp")
 CUDA_SOURCES = ("gated_cuda.cu",)
 NVCC_FLAGS = ["-O3", "--fmad=false"]  # the kernels place their fused multiply-adds explicitly
 DEFAULT_CUDA_ARCHS = "8.0"

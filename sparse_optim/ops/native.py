@@ -46,6 +46,10 @@ def _register_fakes() -> None:
     def _meta_grad_accumulate_fake(meta_grads, outer_grads, traces, metas, kind, scale, straight_through) -> None:
         return None
 
+    @torch.library.register_fake("sparse_optim::all_finite")
+    def _all_finite_fake(tensors):
+        return torch.empty((), dtype=torch.bool)
+
     @torch.library.register_fake("sparse_optim::kronecker_update_")
     def _kronecker_update_fake(params, directions, lefts, rights, biases, scales, variant, depth, lr, eps) -> None:
         return None
@@ -149,6 +153,14 @@ def meta_grad_accumulate_(
     if meta_grads:
         torch.ops.sparse_optim.meta_grad_accumulate_(meta_grads, outer_grads, traces, metas, kind, scale,
                                                      straight_through)
+
+
+def all_finite(tensors: List[Tensor]) -> Tensor:
+    """:func:`sparse_optim.ops.reference.all_finite` in one pass (CPU tensors; ``csrc/finite_cpu.cpp``);
+    other devices run the reference op."""
+    if tensors and tensors[0].device.type == "cpu":
+        return torch.ops.sparse_optim.all_finite(tensors)
+    return reference.all_finite(tensors)
 
 
 def kronecker_update_(

@@ -141,3 +141,16 @@ def meta_grad_accumulate_(
             if gated:
                 prod = prod * gate.derivative(m).to(mg.dtype)
             mg.add_(prod, alpha=-scale)
+
+
+def all_finite(tensors: Sequence[Tensor]) -> Tensor:
+    """0-d bool tensor: whether every element of every tensor is finite (no host sync).
+
+    ``x * 0`` is 0 for finite ``x`` and NaN otherwise, so one sum per tensor decides it exactly
+    (a plain sum could overflow on finite values)."""
+    floats = [t for t in tensors if t.numel() > 0 and t.is_floating_point()]
+    if not floats:
+        device = tensors[0].device if tensors else None
+        return torch.ones((), dtype=torch.bool, device=device)
+    zeros = torch._foreach_mul(floats, 0.0)
+    return torch.stack([z.sum(dtype=torch.float32) for z in zeros]).sum().eq(0)

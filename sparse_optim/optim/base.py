@@ -311,7 +311,7 @@ class MetaOptimizer(Optimizer):
             raise RuntimeError("meta_backward(): no inner step was taken in this episode, there is no trace")
         self._check_all_grads()
         outer = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if not self._nonfinite.all_finite(outer + self._trace.tensors()):
+        if not self._nonfinite.all_finite(outer + self._trace.tensors(), self.backend):
             return self._reject_nonfinite("meta_backward")
         with torch.no_grad():
             for group in self.param_groups:
@@ -349,7 +349,7 @@ class MetaOptimizer(Optimizer):
         checked = [t.grad for t in self.meta_parameters()]
         if update_params:
             checked += [p.grad for p in self._ordered_params()]
-        if not self._nonfinite.all_finite(checked):
+        if not self._nonfinite.all_finite(checked, self.backend):
             return self._reject_nonfinite("meta_step")
         with torch.no_grad():
             for group in self.param_groups:

@@ -105,17 +105,26 @@ class GatedSGD(MetaOptimizer):
         if group["differentiable"]:
             return self._update_differentiable(group, params, grads, metas, record)
         online = group.get("online", False) and self._episode is None
-        if online:
-            if not self._nonfinite.all_finite(list(grads)):
-                return self._reject_nonfinite("step (online)")
-            # hypergradient step: this gradient is the outer gradient of the previous trace
-            traced = [i for i, p in enumerate(params) if p in self._trace]
-            if traced:
+        if not online:
+            return self._gated_step(group, params, grads, metas, record, online=False)
+        traced = [i for i, p in enumerate(params) if p in self._trace]
+        traces = self._trace.for_params(params, metas)
+
+        def update() -> None:
+            if traced:  # hypergradient step: this gradient is the outer gradient of the previous trace
                 signed = [(-grads[i] if group["maximize"] else grads[i]) for i in traced]
                 traced_metas = [metas[i] for i in traced]
-                F.gated_meta_grad_(traced_metas, signed, [self._trace[params[i]] for i in traced], traced_metas,
+                F.gated_meta_grad_(traced_metas, signed, [traces[i] for i in traced], traced_metas,
                                    gate=self.gate, lr=group["lr"], alpha=-group[self.meta_lr_name],
                                    straight_through=self._straight_through(group), backend=self.backend)
+            self._gated_step(group, params, grads, metas, record, online=True)
+
+        def written() -> List[Optional[Tensor]]:
+            return params + metas + traces + self._momentum_buffers(params)
+
+        self._nonfinite.guarded(list(grads), written, update, f"{type(self).__name__}.step (online)", self.backend)
+
+    def _gated_step(self, group, params, grads, metas, record, online):
         momentum = group["momentum"]
         buffers = self._momentum_buffers(params) if momentum else [None] * len(params)
         F.gated_sgd_(

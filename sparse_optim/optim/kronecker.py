@@ -160,8 +160,23 @@ class KroneckerSGD(MetaOptimizer):
             self._update_kronecker(group, params, grads, record)
 
     def _update_kronecker(self, group, params, grads, record):
-        if group["adapt_factors"] and self._episode is None and not self._nonfinite.all_finite(list(grads)):
-            return self._reject_nonfinite("step (adapt_factors)")
+        if not (group["adapt_factors"] and self._episode is None):
+            return self._kronecker_step(group, params, grads, record)
+        # factors change outside an episode: the non-finite policy guards the whole step
+
+        def written() -> List[Optional[Tensor]]:
+            out: List[Optional[Tensor]] = list(params)
+            for p in params:
+                out += list(self._meta[p].values())
+                entries = self._trace.get(p)
+                out.append(entries[-1][0] if entries else None)
+                out.append(self.state[p].get("momentum_buffer") if p in self.state else None)
+            return out
+
+        self._nonfinite.guarded(list(grads), written, lambda: self._kronecker_step(group, params, grads, record),
+                                f"{type(self).__name__}.step (adapt_factors)", self.backend)
+
+    def _kronecker_step(self, group, params, grads, record):
         dirs = self._directions(group, params, grads)
         adapt = group["adapt_factors"]
         differentiable = group.get("differentiable", False)
