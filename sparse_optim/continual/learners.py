@@ -52,6 +52,10 @@ One *glance* (``glances`` of them per incoming batch, each on a fresh shuffle of
 5. after the first glance the incoming batch is offered to the reservoir buffer (the official
    code pushes during the first glance after ``b_m`` is drawn, so ``b_m`` of the first glance
    never holds the incoming samples twice; later glances may replay them).
+
+Steps 2-3 run on the optimizer's fused kernels directly where the inner update is plain
+(:mod:`.fast_glance`, ``fast=None``: automatic), with the same results bit for bit; otherwise
+through the episode API as written above.
 """
 from __future__ import annotations
 
@@ -63,6 +67,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..optim.episode import first_order_episode
+from . import fast_glance
 from .replay import ReservoirBuffer
 
 __all__ = ["ReplayLearner", "LaMAMLLearner"]
@@ -167,13 +172,21 @@ class LaMAMLLearner:
         shuffle: shuffle the incoming batch before every glance (La-MAML code).
         generator: CPU generator for the shuffles.
         loss_fn: ``loss_fn(logits, y)`` for both inner and meta loss (default cross-entropy).
+        fast: run glances on the optimizer's kernels directly, without the episode API's
+            per-step plumbing (:mod:`sparse_optim.continual.fast_glance`; bit-identical results).
+            ``None`` (default): where it applies -- a gated optimizer (or ``torch.optim.SGD``)
+            without momentum, weight decay, maximize, differentiable or online groups; ``True``:
+            raise ``ValueError`` where it does not; ``False``: the per-step episode path. On the
+            fast path a non-finite meta-gradient skips the glance's whole meta-update (the episode
+            path skips the offending ``meta_backward()`` term).
     """
 
     def __init__(self, model: nn.Module, optimizer, buffer: Optional[ReservoirBuffer] = None, *,
                  outer_optimizer: Optional[torch.optim.Optimizer] = None, glances: int = 5,
                  replay_batch_size: int = 10, inner_batch_size: int = 1, meta_loss: str = "all",
                  clip_grad_norm: Optional[float] = 2.0, shuffle: bool = True,
-                 generator: Optional[torch.Generator] = None, loss_fn: LossFn = F.cross_entropy) -> None:
+                 generator: Optional[torch.Generator] = None, loss_fn: LossFn = F.cross_entropy,
+                 fast: Optional[bool] = None) -> None:
         self._is_meta = hasattr(optimizer, "episode") and hasattr(optimizer, "meta_backward")
         if not self._is_meta:
             if not isinstance(optimizer, torch.optim.Optimizer):
@@ -196,6 +209,15 @@ class LaMAMLLearner:
         self.generator = generator
         self.loss_fn = loss_fn
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
+        reason = fast_glance.unsupported(model, optimizer, self._params)
+        if fast and reason is not None:
+            raise ValueError(f"fast=True: {reason}; use fast=None (automatic) or False")
+        self._fast = fast_glance.FastGlance(model, optimizer, loss_fn) if reason is None and fast is not False else None
+
+    @property
+    def fast(self) -> bool:
+        """Whether glances run on the kernels directly (:mod:`.fast_glance`), not the episode API."""
+        return self._fast is not None
 
     def _glance(self, x: Tensor, y: Tensor) -> float:
         opt = self.optimizer
@@ -204,9 +226,21 @@ class LaMAMLLearner:
             x, y = x[perm], y[perm]
         mx, my = _replay_batch(self.buffer, self.replay_batch_size, x, y)
         chunks = list(zip(x.split(self.inner_batch_size), y.split(self.inner_batch_size)))
+        opt.zero_grad(set_to_none=True)
+        if self._fast is not None:
+            total, ok = self._fast_glance(chunks, mx, my)
+        else:
+            total, ok = self._episode_glance(chunks, mx, my), True
+        if ok:
+            self._meta_update()
+        opt.zero_grad(set_to_none=True)
+        return total
+
+    def _episode_glance(self, chunks, mx: Tensor, my: Tensor) -> float:
+        """Step 2-3 of the module docstring with the optimizer's episode API."""
+        opt = self.optimizer
         k = len(chunks)
         weight = 1.0 / k if self.meta_loss == "all" else 1.0
-        opt.zero_grad(set_to_none=True)
         total = 0.0
         with (opt.episode() if self._is_meta else first_order_episode(self._params, opt)) as ep:
             for i, (xi, yi) in enumerate(chunks):
@@ -222,7 +256,33 @@ class LaMAMLLearner:
                     else:
                         ep.record_outer_gradients()             # theta's first-order gradient
                     total += float(meta.detach())
-        # theta restored; p.grad = first-order meta-gradient for theta
+        return total  # theta restored; p.grad = first-order meta-gradient for theta
+
+    def _fast_glance(self, chunks, mx: Tensor, my: Tensor):
+        """Step 2-3 without the episode plumbing (:mod:`.fast_glance`): the same kernels and results."""
+        params = self._params
+        with torch.no_grad():
+            theta = [p.detach().clone() for p in params]
+        try:
+            theta_grads, meta_grads, total = self._fast(chunks, mx, my, self.meta_loss == "all")
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(params, theta)
+        if self._is_meta:
+            policy = self.optimizer._nonfinite
+            if not policy.all_finite(theta_grads + [g for _, g in meta_grads], self.optimizer.backend):
+                policy.reject(f"{type(self).__name__} ({type(self.optimizer).__name__}) meta-gradients")
+                return total, False
+            for m, g in meta_grads:
+                if g is not None:
+                    m.grad = g if m.grad is None else m.grad + g
+        for p, g in zip(params, theta_grads):
+            p.grad = g
+        return total, True
+
+    def _meta_update(self) -> None:
+        """Step 4: clip, then the asynchronous (or outer-optimizer) update."""
+        opt = self.optimizer
         if self.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(self._params, self.clip_grad_norm)
             metas = [t for t in opt.meta_parameters() if t.grad is not None] if self._is_meta else []
@@ -234,8 +294,6 @@ class LaMAMLLearner:
             if self._is_meta:
                 opt.meta_step(update_params=False)
             self.outer_optimizer.step()                         # C-MAML: theta -= beta * g
-        opt.zero_grad(set_to_none=True)
-        return total
 
     def observe(self, x: Tensor, y: Tensor, task_id: Optional[int] = None) -> Dict[str, float]:
         """Learn from one incoming batch; returns ``{'meta_loss': last glance's meta-loss}``."""
