@@ -425,3 +425,19 @@ def test_functional_api_rejects_mismatches():
             fn(p + p, g, [torch.randn(2, 3)], lr=0.1)
     with pytest.raises(ValueError, match="gradient"):
         kronecker_sgd(p, [torch.randn(3)], [{"L0": torch.eye(2), "R0": torch.eye(3)}])
+
+
+@pytest.mark.parametrize("info", infos())
+def test_a_parameter_listed_twice_is_refused(info):
+    """Tied weights listed twice would race in the kernels (and torch only warns)."""
+    w = torch.nn.Parameter(torch.randn(3, 3))
+    with pytest.raises(ValueError, match="more than once"):
+        info.make([w, w])
+
+
+def test_dispatchers_refuse_a_tensor_twice_in_the_list_they_write():
+    from sparse_optim import functional as F
+    p, g, m = torch.zeros(4), torch.ones(4), torch.zeros(4)
+    with pytest.raises(ValueError, match="more than once"):
+        F.gated_sgd_([p, p], [g, g], [m, m], [None, None], None, gate="step", lr=0.1)
+    assert torch.equal(p, torch.zeros(4))

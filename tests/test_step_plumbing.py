@@ -73,3 +73,30 @@ def test_a_group_spanning_dtypes_steps_each_tensor_like_the_spec(case):
     for p, w in zip(ps, want):
         assert p.dtype == w.dtype
         torch.testing.assert_close(p.detach(), w)
+
+
+@pytest.mark.parametrize("case", cases(family="gated", descs=["momentum", "uniform-init", "default"]))
+def test_channels_last_parameters_get_channels_last_state_and_the_same_update(case):
+    """Meta-parameters, traces and momentum buffers take the parameter's memory format (no
+    contiguous() copies per step), and the update equals the contiguous one."""
+    def run(channels_last):
+        torch.manual_seed(0)
+        w = torch.randn(4, 3, 5, 5)
+        if channels_last:
+            w = w.contiguous(memory_format=torch.channels_last)
+        w = torch.nn.Parameter(w)
+        opt = case.make([w])
+        with opt.episode():
+            for k in range(2):
+                w.grad = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(k)).to(
+                    memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+                opt.step()
+            state = [t for t in opt.meta_parameters()] + [v for v in opt.state[w].values() if torch.is_tensor(v)]
+            stepped = w.detach().clone()
+        return stepped, state
+    flat, flat_state = run(False)
+    cl, cl_state = run(True)
+    torch.testing.assert_close(cl, flat, rtol=0, atol=0)
+    for t in cl_state:
+        if t.dim() == 4:
+            assert t.is_contiguous(memory_format=torch.channels_last), t.stride()

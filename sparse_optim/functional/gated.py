@@ -124,6 +124,9 @@ def run_grouped(op: str, lists: List[Optional[list]], backend: Optional[str], wr
     if not first:
         return
     n = len(first)
+    if len({id(t) for t in first}) != n:
+        raise ValueError(f"{op}: a tensor appears more than once in the list it updates (tied weights?): "
+                         "the updates would race; pass each tensor once")
     impl = ops.implementation(first[0].device, backend)
     if impl is not ops.reference:  # the kernels validate every tensor before writing any
         try:

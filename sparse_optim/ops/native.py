@@ -131,7 +131,7 @@ def gated_sgd_step_(
         )
         return
     fresh = [b is None for b in momentum_buffers]
-    buffers = [torch.zeros_like(g) if b is None else b for b, g in zip(momentum_buffers, grads)]
+    buffers = [torch.empty_like(g) if b is None else b for b, g in zip(momentum_buffers, grads)]  # written, not read
     torch.ops.sparse_optim.gated_sgd_step_(
         params, grads, metas, buffers, traces or _EMPTY, fresh, kind, scale, weight_decay, momentum,
         dampening, nesterov, maximize, trace_decay,

@@ -175,6 +175,10 @@ class MetaOptimizer(Optimizer):
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         self._validate_hparams(merged)
+        params = param_group.get("params")
+        if isinstance(params, (list, tuple)) and len({id(p) for p in params}) != len(params):
+            raise ValueError("a param group lists the same parameter more than once (tied weights?): "
+                             "pass each parameter once (model.parameters() already does)")
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         first = sum(len(g["params"]) for g in self.param_groups[:-1])

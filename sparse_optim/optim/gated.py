@@ -163,6 +163,12 @@ class GatedSGD(MetaOptimizer):
         return {"overall": frozen_total / max(total, 1), "per_parameter": per}
 
 
+def _shaped_like(param: Tensor, values: Tensor) -> Tensor:
+    """``values`` (drawn in logical order, so seeds give the same numbers for any layout) in
+    ``param``'s memory format: the kernels then need no contiguous() copies."""
+    return torch.empty_like(param, dtype=values.dtype).detach().copy_(values)
+
+
 def _is_conv_weight(name: Optional[str], p: Tensor) -> bool:
     """sparse-MAML+ default: stochastic masks for 4-d (convolution) weights."""
     return p.dim() == 4
@@ -248,10 +254,10 @@ class MaskedSGD(GatedSGD):
     def _create_meta(self, param, group):
         dtype = meta_dtype(param)
         if group["mask_init"] == "constant":
-            m = torch.full(param.shape, float(group["mask_init_value"]), dtype=dtype, device=param.device)
+            m = torch.full_like(param, float(group["mask_init_value"]), dtype=dtype).detach()
         else:
             bound = 1.0 / math.sqrt(_fan_in(param))
-            u = torch.empty(param.shape, dtype=dtype, device=param.device).uniform_(-bound, bound)
+            u = _shaped_like(param, torch.empty(param.shape, dtype=dtype, device=param.device).uniform_(-bound, bound))
             # P(u - s < 0) = (s + bound) / (2 bound) = init_sparsity
             m = u - bound * (2 * group["init_sparsity"] - 1)
         return {self.meta_key: m.requires_grad_(True)}
@@ -322,9 +328,9 @@ class RectifiedLRSGD(GatedSGD):
         dtype = meta_dtype(param)
         if group["rate_init"] == "uniform":
             lo, hi = group["rate_init_range"]
-            m = torch.empty(param.shape, dtype=dtype, device=param.device).uniform_(lo, hi)
+            m = _shaped_like(param, torch.empty(param.shape, dtype=dtype, device=param.device).uniform_(lo, hi))
         else:
-            m = torch.full(param.shape, float(group["lr"]), dtype=dtype, device=param.device)
+            m = torch.full_like(param, float(group["lr"]), dtype=dtype).detach()
         return {self.meta_key: m.requires_grad_(True)}
 
 
@@ -372,7 +378,7 @@ class MetaSGD(GatedSGD):
         super().__init__(params, defaults, nonfinite=nonfinite, backend=backend, foreach=foreach, fused=fused)
 
     def _create_meta(self, param, group):
-        m = torch.full(param.shape, float(group["lr"]), dtype=meta_dtype(param), device=param.device)
+        m = torch.full_like(param, float(group["lr"]), dtype=meta_dtype(param)).detach()
         return {self.meta_key: m.requires_grad_(True)}
 
 
