@@ -1,15 +1,19 @@
-"""Overhead of the differentiable (second-order) paths against a hand-written loop.
+"""Second-order MAML meta-iterations: the library's differentiable paths against the peers.
 
-Same model, data and inner-loop length; one meta-iteration = K differentiable inner steps
-+ outer backward to theta and the masks. Compared, within one process:
+Same model, data and inner-loop length; one meta-iteration = K differentiable inner steps per
+task + the outer backward (to theta, and to the masks for the sparse-MAML rows). Interleaved
+within one process (every repeat runs every row once), medians and minima:
 
-* hand-written ``torch.autograd.grad(create_graph=True)`` loop with the sparse-MAML update
-  written inline (``p - lr * ST(1[m >= 0]) * g``)
-* ``sparse_optim.functional.masked_sgd`` in the same loop
-* ``higher.innerloop_ctx`` with ``MaskedSGD``
-* ``torch.func.vmap`` over the meta-batch with ``masked_sgd`` (vs a Python loop over tasks)
+* peers, plain MAML (no masks): a hand-written ``torch.autograd.grad(create_graph=True)`` loop,
+  ``higher.innerloop_ctx`` with ``torch.optim.SGD``, ``torchopt.MetaSGD`` (if installed:
+  ``pip install torchopt``; reported as missing otherwise);
+* sparse-MAML, hand-written: the same loop with the update written inline
+  (``p - lr * ST(1[m >= 0]) * g``);
+* ours: ``sparse_optim.functional.masked_sgd`` in that loop, ``higher`` with ``MaskedSGD``,
+  ``torch.func.vmap`` over the tasks with ``masked_sgd``.
 
-Prints median / min times and ratios to the hand-written loop.
+Ratios are to torchopt's ``MetaSGD`` (the issue-14 target: ours <= 1.0x) and to the
+hand-written sparse-MAML loop.
 
     python benchmarks/bench_differentiable.py --repeats 15
 """
@@ -47,12 +51,16 @@ def make_model(width: int) -> torch.nn.Module:
         torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(width * 49, 5))
 
 
-def timeit(fn, repeats: int):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
-    return statistics.median(times), min(times)
+def interleaved(rows, repeats: int, reset):
+    """{name: [seconds]}: every repeat runs every row once (one warm-up round first)."""
+    times = {name: [] for name, _ in rows}
+    for r in range(repeats + 1):
+        for name, fn in rows:
+            t = time.perf_counter(); fn(); elapsed = time.perf_counter() - t
+            reset()
+            if r:
+                times[name].append(elapsed)
+    return times
 
 
 def main() -> None:
@@ -75,6 +83,37 @@ def main() -> None:
 
     def loss_at(params, x, y):
         return F.cross_entropy(functional_call(model, dict(zip(names, params)), (x,)), y)
+
+    def hand_written_sgd():
+        for t in range(args.tasks):
+            params = list(model.parameters())
+            for _ in range(K):
+                gs = torch.autograd.grad(loss_at(params, xs[t], ys[t]), params, create_graph=True)
+                params = [p - 0.1 * g for p, g in zip(params, gs)]
+            loss_at(params, xs[t], ys[t]).backward()
+
+    plain_sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def higher_sgd():
+        for t in range(args.tasks):
+            with higher.innerloop_ctx(model, plain_sgd, copy_initial_weights=False) as (fm, diffopt):
+                for _ in range(K):
+                    diffopt.step(F.cross_entropy(fm(xs[t]), ys[t]))
+                F.cross_entropy(fm(xs[t]), ys[t]).backward()
+
+    try:
+        import torchopt
+    except ImportError as error:
+        torchopt, missing = None, f"not installed ({error})"
+
+    def torchopt_metasgd():
+        inner = torchopt.MetaSGD(model, lr=0.1)
+        state = torchopt.extract_state_dict(model)
+        for t in range(args.tasks):
+            for _ in range(K):
+                inner.step(F.cross_entropy(model(xs[t]), ys[t]))
+            F.cross_entropy(model(xs[t]), ys[t]).backward()
+            torchopt.recover_state_dict(model, state)
 
     def hand_written():
         for t in range(args.tasks):
@@ -113,18 +152,28 @@ def main() -> None:
     def vmapped():
         vmap(adapt, in_dims=(None, None, 0, 0))(pdict, mdict, xs, ys).sum().backward()
 
-    rows = [("hand-written autograd.grad loop", hand_written), ("functional.masked_sgd", functional),
-            ("higher + MaskedSGD", with_higher),
-            ("torch.func.vmap over tasks", vmapped)]
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, threads={args.threads}, "
-          f"K={K}, tasks={args.tasks}, width={args.width}")
-    print(f"{'path':<34} {'median ms':>10} {'min ms':>8} {'ratio':>6}")
-    base = None
-    for name, fn in rows:
-        med, mn = timeit(fn, args.repeats)
+    peer = "torchopt.MetaSGD (peer, SGD)"
+    rows = [("hand-written loop (peer, SGD)", hand_written_sgd), ("higher + torch.optim.SGD (peer)", higher_sgd)]
+    if torchopt is not None:
+        rows.append((peer, torchopt_metasgd))
+    rows += [("hand-written loop, inline mask", hand_written), ("ours: functional.masked_sgd", functional),
+             ("ours: higher + MaskedSGD", with_higher), ("ours: torch.func.vmap over tasks", vmapped)]
+
+    def reset():
         model.zero_grad(); opt.zero_meta_grad()
-        base = base or med
-        print(f"{name:<34} {med * 1e3:>10.1f} {mn * 1e3:>8.1f} {med / base:>6.2f}")
+
+    times = interleaved(rows, args.repeats, reset)
+    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, threads={args.threads}, "
+          f"K={K}, tasks={args.tasks}, width={args.width}, repeats={args.repeats} (interleaved)")
+    if torchopt is None:
+        print(f"# torchopt: {missing}")
+    base = statistics.median(times[peer]) if peer in times else None
+    masked = statistics.median(times["hand-written loop, inline mask"])
+    print(f"{'path':<34} {'median ms':>10} {'min ms':>8} {'/torchopt':>10} {'/hand mask':>11}")
+    for name, _ in rows:
+        med, mn = statistics.median(times[name]), min(times[name])
+        vs_peer = f"{med / base:>10.2f}" if base else f"{'n/a':>10}"
+        print(f"{name:<34} {med * 1e3:>10.1f} {mn * 1e3:>8.1f} {vs_peer} {med / masked:>11.2f}")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ void for_each_task(const FlatOperands& operands, const Body& body) {
 // the loops are also compiled for x86-64-v3 (AVX2, FMA), picked at load time where the CPU has
 // it; the baseline build calls fma() from libm. (AVX-512 clones measured ~15% slower: these
 // loops are memory-bound.)
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+// target_clones("arch=...") needs GCC >= 12; older GCC and clang build the baseline loops only.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
 #define SPARSE_OPTIM_VECTOR_CLONES \
   __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else

@@ -139,10 +139,11 @@ def run_grouped(op: str, lists: List[Optional[list]], backend: Optional[str], wr
     if impl is ops.reference:
         getattr(impl, op)(*lists, **kw)
         return
-    groups = torch._C._group_tensors_by_device_and_dtype(full, True)
-    for (device, _), (group_lists, indices) in groups.items():
-        group_lists = [list(lst) for lst in group_lists]
-        args = [lst if lists[k] is not None else None for k, lst in enumerate(group_lists)]
+    groups: dict = {}  # by the written tensors' (device, dtype); each group one call
+    for i, t in enumerate(first):
+        groups.setdefault((t.device, t.dtype), []).append(i)
+    for (device, _), indices in groups.items():
+        args = [None if lst is None else [lst[i] for i in indices] for lst in lists]
         impl = ops.implementation(device, backend)
         try:
             getattr(impl, op)(*args, **kw)
@@ -151,7 +152,7 @@ def run_grouped(op: str, lists: List[Optional[list]], backend: Optional[str], wr
         for k in written_lists:
             if lists[k] is not None:
                 for j, i in enumerate(indices):
-                    lists[k][i] = group_lists[k][j]
+                    lists[k][i] = args[k][j]
 
 
 def _check_matching_shapes(lists: List[list]) -> None:
@@ -161,6 +162,12 @@ def _check_matching_shapes(lists: List[list]) -> None:
         shapes = {tuple(t.shape) for t in tensors if t is not None}
         if len(shapes) > 1:
             raise ValueError(f"tensors at index {i} have different shapes {sorted(shapes)}")
+        devices = {str(t.device) for t in tensors if t is not None}
+        if len(devices) > 1:
+            raise ValueError(
+                f"tensors at index {i} are on different devices {sorted(devices)}: a parameter moved after the "
+                "optimizer created its state (e.g. model.to_empty() / .to() with swapped module parameters); "
+                "create the optimizer after moving the model, or move it with load_state_dict into a new one")
         if any(t is not None and t.layout is not torch.strided for t in tensors):
             raise ValueError(f"tensors at index {i} must be dense (strided)")
         if any(t is not None and t.is_complex() for t in tensors):

@@ -1,7 +1,12 @@
 """Building the native extension of ``csrc/``, on first use (:mod:`.native`) or ahead of time::
 
-    python -m sparse_optim.ops.build               # build and load the CPU extension
+    python -m sparse_optim.ops.build               # build and load the extension (CUDA where available)
     python -m sparse_optim.ops.build --cuda-check  # also compile and link the CUDA sources with nvcc
+
+Libraries go to ``$SPARSE_OPTIM_BUILD_DIR`` (default: torch's extension cache) under a directory
+named by :func:`build_key` (torch, compiler, flags, CUDA choice and architectures, sources). For
+compute nodes without a compiler, run the first command on a node that has one, with the same
+torch and ``SPARSE_OPTIM_BUILD_DIR`` on a shared file system: the nodes then load that library.
 
 The CUDA check needs nvcc but no GPU: it builds a shared library with setuptools in a
 temporary directory and never loads it. It fails if compiling or linking fails.
@@ -9,6 +14,8 @@ temporary directory and never loads it. It fails if compiling or linking fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import os
 import re
@@ -70,8 +77,11 @@ def missing_prerequisite(cuda: bool) -> Optional[str]:
     missing = [s for s in sources(cuda) if not os.path.isfile(s)]
     if missing:
         return f"sources not found: {', '.join(missing)}"
-    if shutil.which(os.environ.get("CXX", "c++")) is None:
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
         return "no C++ compiler (c++ or $CXX) on PATH"
+    if "-fopenmp" in cxx_flags() and not _has_openmp_header(compiler):
+        return f"{compiler} finds no OpenMP header (omp.h), which torch's headers need (for clang: install libomp-dev)"
     if not _cpp_extension().is_ninja_available():
         return "ninja is not installed"
     if cuda and find_cuda_home() is None:
@@ -79,14 +89,22 @@ def missing_prerequisite(cuda: bool) -> Optional[str]:
     return None
 
 
+def _has_openmp_header(compiler: str) -> bool:
+    probe = subprocess.run([compiler, "-fopenmp", "-E", "-x", "c++", "-"], input="#include <omp.h>\n",
+                           capture_output=True, text=True)
+    return probe.returncode == 0
+
+
 def find_cuda_home() -> Optional[str]:
-    """CUDA_HOME, CUDA_PATH, or the toolkit root of the nvcc on PATH (which may be a wrapper script)."""
+    """CUDA_HOME, CUDA_PATH, the toolkit root of the nvcc on PATH (which may be a wrapper
+    script), or ``/usr/local/cuda`` (where torch looks too)."""
     for var in ("CUDA_HOME", "CUDA_PATH"):
         if os.environ.get(var):
             return os.environ[var]
     nvcc = shutil.which("nvcc")
     if nvcc is None:
-        return None
+        default = Path("/usr/local/cuda")
+        return str(default) if (default / "bin" / "nvcc").is_file() else None
     root = Path(os.path.realpath(nvcc)).parent.parent
     if (root / "include" / "cuda_runtime.h").is_file():
         return str(root)
@@ -102,24 +120,97 @@ def _set_cuda_home(env: MutableMapping[str, str]) -> MutableMapping[str, str]:
     return env
 
 
+def cuda_arch_list() -> str:
+    """``TORCH_CUDA_ARCH_LIST`` for the build: the inherited list plus the visible GPUs'
+    architectures it lacks (else the first step fails with "no kernel image")."""
+    import torch
+
+    archs = [a for a in re.split(r"[;\s]+", os.environ.get("TORCH_CUDA_ARCH_LIST", "")) if a]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            major, minor = torch.cuda.get_device_capability(i)
+            if not any(a.split("+")[0] == f"{major}.{minor}" for a in archs):
+                archs.append(f"{major}.{minor}")
+    return ";".join(archs) or DEFAULT_CUDA_ARCHS
+
+
+def build_key(cuda: bool) -> str:
+    """What the compiled library depends on: torch (version, location, CUDA), Python, the compiler,
+    the flags, the CUDA choice and architectures, and every source and header of ``csrc/``."""
+    import torch
+
+    digest = hashlib.sha256()
+    parts = [torch.__version__, os.path.dirname(torch.__file__), str(torch.version.cuda), sys.version,
+             os.environ.get("CXX", "c++"), " ".join(cxx_flags() + link_flags()), str(cuda)]
+    if cuda:
+        parts += [cuda_arch_list(), " ".join(NVCC_FLAGS), str(find_cuda_home())]
+    for part in parts:
+        digest.update(part.encode() + b"\0")
+    for path in sorted(csrc_dir().iterdir()):
+        if path.suffix in (".cpp", ".cu", ".h", ".cuh"):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_directory(cuda: bool) -> str:
+    """``$SPARSE_OPTIM_BUILD_DIR`` (else torch's extension cache) / ``sparse_optim-<build_key>``:
+    another torch, source, compiler or CUDA choice builds elsewhere instead of reusing a stale
+    library or rebuilding another process's."""
+    root = os.environ.get("SPARSE_OPTIM_BUILD_DIR") or _cpp_extension().get_default_build_root()
+    return os.path.join(root, f"sparse_optim-{build_key(cuda)}")
+
+
+def prebuilt_library(cuda: bool) -> Optional[Path]:
+    """The library :func:`build_and_load` left in :func:`build_directory`, if any: it matches these
+    sources, this torch and these flags by construction, so it loads without a compiler
+    (ahead-of-time builds for compute nodes that have none)."""
+    directory = Path(build_directory(cuda))
+    library = directory / f"{EXTENSION_NAME}.so"
+    return library if library.is_file() else None
+
+
+@contextlib.contextmanager
+def _exclusive(path: str):
+    """An advisory lock the OS releases when the holder dies (fcntl), so a killed build never
+    blocks the next one; on platforms without fcntl, no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def build_and_load(cuda: bool, build_dir: Optional[str] = None, verbose: bool = False) -> None:
     """Compile (if out of date) and load the extension: its ops appear as ``torch.ops.sparse_optim.*``.
 
-    ``build_dir`` defaults to ``$SPARSE_OPTIM_BUILD_DIR``, else torch's extension cache.
+    ``build_dir`` defaults to :func:`build_directory`. Builds are serialised by a lock next to
+    the directory: concurrent processes (DDP ranks) wait and then load the finished library;
+    torch's own lock file, left behind by a killed build, is removed while holding it.
     """
-    build_dir = build_dir or os.environ.get("SPARSE_OPTIM_BUILD_DIR")
-    if build_dir:
-        os.makedirs(build_dir, exist_ok=True)
-    _cpp_extension().load(
-        name=EXTENSION_NAME,
-        sources=sources(cuda),
-        extra_cflags=cxx_flags(),
-        extra_cuda_cflags=NVCC_FLAGS,
-        extra_ldflags=link_flags(),
-        build_directory=build_dir,
-        is_python_module=False,
-        verbose=verbose,
-    )
+    build_dir = build_dir or build_directory(cuda)
+    os.makedirs(build_dir, exist_ok=True)
+    if cuda:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list()
+    with _exclusive(build_dir + ".lock"):
+        stale = os.path.join(build_dir, "lock")
+        if os.path.exists(stale):  # nobody else can be building: we hold the lock
+            os.remove(stale)
+        _cpp_extension().load(
+            name=EXTENSION_NAME,
+            sources=sources(cuda),
+            extra_cflags=cxx_flags(),
+            extra_cuda_cflags=NVCC_FLAGS,
+            extra_ldflags=link_flags(),
+            build_directory=build_dir,
+            is_python_module=False,
+            verbose=verbose,
+        )
 
 
 _SETUP_SCRIPT = textwrap.dedent(

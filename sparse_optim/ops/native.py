@@ -35,16 +35,25 @@ def _ops_already_registered() -> bool:
 
 
 def _register_fakes() -> None:
-    """Shape-only implementations, so the ops trace under torch.compile / FakeTensor."""
+    """Shape-only implementations, so the ops trace under torch.compile / FakeTensor (once per
+    process; ops registered elsewhere may have them already)."""
+    try:
+        _register_fake_kernels()
+    except RuntimeError as error:
+        if "already" not in str(error):
+            raise
+
+
+def _register_fake_kernels() -> None:
 
     @torch.library.register_fake("sparse_optim::gated_sgd_step_")
     def _gated_sgd_step_fake(params, grads, metas, momentum_buffers, traces, fresh_buffers, kind, scale,
                              weight_decay, momentum, dampening, nesterov, maximize, trace_decay) -> None:
-        return None
+        _check_one_device(params, grads, metas, momentum_buffers, traces)
 
     @torch.library.register_fake("sparse_optim::meta_grad_accumulate_")
     def _meta_grad_accumulate_fake(meta_grads, outer_grads, traces, metas, kind, scale, straight_through) -> None:
-        return None
+        _check_one_device(meta_grads, outer_grads, traces, metas)
 
     @torch.library.register_fake("sparse_optim::all_finite")
     def _all_finite_fake(tensors):
@@ -55,22 +64,55 @@ def _register_fakes() -> None:
         return None
 
 
+def _check_one_device(*lists) -> None:
+    """The fake kernels also run for real tensors on the ``meta`` device, which the dispatcher
+    prefers over the others: a list mixing them (state created before ``model.to_empty()``) would
+    otherwise do nothing, silently."""
+    devices = {str(t.device) for lst in lists for t in lst}
+    if len(devices) > 1:
+        raise ValueError(
+            f"tensors on different devices {sorted(devices)}: a parameter moved after the optimizer created its "
+            "state (e.g. model.to_empty() / .to() with swapped module parameters); create the optimizer after "
+            "moving the model")
+
+
+def _cpu_only_reason() -> Optional[str]:
+    """Why the CUDA kernels cannot be built while the CPU ones can (e.g. pip-installed torch on
+    a GPU machine has no nvcc), or None."""
+    cuda_reason = build.missing_prerequisite(cuda=True)
+    if cuda_reason is not None and build.missing_prerequisite(cuda=False) is None:
+        return cuda_reason
+    return None
+
+
 def _load() -> Optional[str]:
-    """Build and load the extension; returns why it is unavailable, or None."""
+    """Build and load the extension (unless its ops are registered already, e.g. by an
+    ahead-of-time build); returns why it is unavailable, or None."""
     global _with_cuda
-    if _ops_already_registered():
-        return None
-    cuda = torch.cuda.is_available()
-    try:
-        reason = build.missing_prerequisite(cuda)
-        if reason is not None:
-            return reason
-        logging.getLogger(__name__).info("loading the native kernels (compiled on first use, a minute or two)")
-        build.build_and_load(cuda)
-    except Exception as error:  # any build or load failure leaves the reference path
-        last_line = (str(error).strip().splitlines() or [""])[-1]
-        return f"building the extension failed: {type(error).__name__}: {last_line}"
-    _with_cuda = cuda
+    if not _ops_already_registered():
+        cuda = torch.cuda.is_available()
+        try:
+            if cuda:
+                why = _cpu_only_reason()
+                if why is not None:
+                    warnings.warn(f"sparse_optim: CUDA kernels not built ({why}); the CPU kernels are, and CUDA "
+                                  "tensors use the reference ops (the same results, unfused)", RuntimeWarning,
+                                  stacklevel=3)
+                    cuda = False
+            reason = build.missing_prerequisite(cuda)
+            prebuilt = build.prebuilt_library(cuda) if reason is not None else None
+            if prebuilt is not None:  # an ahead-of-time build for this configuration, no compiler here
+                torch.ops.load_library(str(prebuilt))
+                reason = None
+            elif reason is not None:
+                return reason
+            if prebuilt is None:
+                logging.getLogger(__name__).info("loading the native kernels (compiled on first use, a minute or two)")
+                build.build_and_load(cuda)
+        except Exception as error:  # any build or load failure leaves the reference path
+            last_line = (str(error).strip().splitlines() or [""])[-1]
+            return f"building the extension failed: {type(error).__name__}: {last_line}"
+    _with_cuda = torch._C._dispatch_has_kernel_for_dispatch_key("sparse_optim::gated_sgd_step_", "CUDA")
     _register_fakes()
     return None
 

@@ -436,6 +436,9 @@ class MetaOptimizer(Optimizer):
         # never alias the caller's tensors: momentum buffers are updated in place
         state_dict["state"] = _clone_tree(state_dict.get("state", {}))
         super().load_state_dict(state_dict)
+        for group in self.param_groups:  # state_dicts from before a flag existed (torch.optim does the same)
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
         with torch.no_grad():
             self._trace.clear()
             for i, p in enumerate(params):
