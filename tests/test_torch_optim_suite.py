@@ -849,34 +849,22 @@ def test_load_state_dict_pre_post_hook(info):
         assert opt.state["ran_load_state_dict_post_hook"] is True
 
 
+@pytest.mark.parametrize("which", ["pre", "post"])
 @pytest.mark.parametrize("info", _params())
-def test_step_post_hook(info):
+def test_step_pre_and_post_hook(info, which):
+    """torch: test_step_pre_hook / test_step_post_hook."""
     params = [torch.tensor([1.0, 1.0])]
     for inp in all_inputs(info):
         opt = _make(info, params, inp.kwargs)
         data = [2]
-        handle = opt.register_step_post_hook(lambda o, args, kwargs: data.__setitem__(0, data[0] + 2))
+        register = opt.register_step_pre_hook if which == "pre" else opt.register_step_post_hook
+        handle = register(lambda o, args, kwargs: data.__setitem__(0, data[0] + 2))
         opt.step()
         opt.step()
         assert data[0] == 6
         handle.remove()
         opt.step()
         assert data[0] == 6
-
-
-@pytest.mark.parametrize("info", _params())
-def test_step_pre_hook(info):
-    params = [torch.tensor([1.0, 1.0])]
-    for inp in all_inputs(info):
-        opt = _make(info, params, inp.kwargs)
-        data = [5]
-        handle = opt.register_step_pre_hook(lambda o, args, kwargs: data.__setitem__(0, data[0] + 2))
-        opt.step()
-        opt.step()
-        assert data[0] == 9
-        handle.remove()
-        opt.step()
-        assert data[0] == 9
 
 
 @pytest.mark.parametrize("info", _params())
