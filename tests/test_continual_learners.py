@@ -168,3 +168,22 @@ def test_fast_glance_matches_with_buffers_and_parameters_outside_the_optimizer(m
         return [t.detach() for t in list(model.state_dict().values()) + opt.meta_parameters()]
     for a, b in zip(run(True), run(False)):
         assert torch.equal(a, b)
+
+
+def test_fast_glance_follows_hyperparameters_changed_after_construction():
+    """Momentum switched on later: the automatic learner falls back to the episode path (same
+    numbers as a learner built that way); a learner with fast=True refuses."""
+    def run(fast, late_momentum):
+        model = _net()
+        opt = so.LookaheadLRSGD(model.named_parameters(), lr=0.1, rate_lr=0.2)
+        learner = LaMAMLLearner(model, opt, ReservoirBuffer(8, seed=0), glances=2, fast=fast,
+                                generator=torch.Generator().manual_seed(3))
+        if late_momentum:
+            opt.param_groups[0]["momentum"] = 0.5
+        for t, (x, y) in enumerate(_stream(n_batches=2)):
+            learner.observe(x, y, t)
+        return [p.detach() for p in list(model.parameters()) + opt.meta_parameters()]
+    for a, b in zip(run(None, True), run(False, True)):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="changed after the learner was built"):
+        run(True, True)

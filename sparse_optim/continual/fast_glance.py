@@ -68,8 +68,6 @@ class FastGlance:
     def __init__(self, model: nn.Module, opt, loss_fn: LossFn) -> None:
         self.model, self.opt, self.loss_fn = model, opt, loss_fn
         self.gated = not _plain_sgd(opt)
-        self.params = [p for g in opt.param_groups for p in g["params"]]
-        self.sizes = [len(g["params"]) for g in opt.param_groups]
 
     # ------------------------------------------------------------------- the glance
     def __call__(self, chunks: List[Tuple[Tensor, Tensor]], mx: Tensor, my: Tensor,
@@ -77,7 +75,8 @@ class FastGlance:
         """Runs the inner steps (the module's parameters end at ``phi_k``); returns theta's
         first-order gradients, (meta-parameter, gradient) pairs (none for plain SGD) and the
         meta-loss."""
-        opt, gated, params, model, loss_fn = self.opt, self.gated, self.params, self.model, self.loss_fn
+        opt, gated, model, loss_fn = self.opt, self.gated, self.model, self.loss_fn
+        params = [p for g in opt.param_groups for p in g["params"]]  # read per glance: groups may change
         k = len(chunks)
         weight = 1.0 / k if keep_all else 1.0
         metas = opt._metas(params) if gated else []
@@ -87,7 +86,8 @@ class FastGlance:
         meta_grads = [torch.zeros_like(m) for m in metas]
         groups = []
         start = 0
-        for g_opt, size in zip(opt.param_groups, self.sizes):
+        for g_opt in opt.param_groups:
+            size = len(g_opt["params"])
             groups.append((g_opt, slice(start, start + size)))
             start += size
         total = 0.0

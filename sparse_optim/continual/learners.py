@@ -213,6 +213,7 @@ class LaMAMLLearner:
         if fast and reason is not None:
             raise ValueError(f"fast=True: {reason}; use fast=None (automatic) or False")
         self._fast = fast_glance.FastGlance(model, optimizer, loss_fn) if reason is None and fast is not False else None
+        self._fast_requested = bool(fast)
 
     @property
     def fast(self) -> bool:
@@ -227,7 +228,7 @@ class LaMAMLLearner:
         mx, my = _replay_batch(self.buffer, self.replay_batch_size, x, y)
         chunks = list(zip(x.split(self.inner_batch_size), y.split(self.inner_batch_size)))
         opt.zero_grad(set_to_none=True)
-        if self._fast is not None:
+        if self._fast is not None and self._fast_applies():
             total, ok = self._fast_glance(chunks, mx, my)
         else:
             total, ok = self._episode_glance(chunks, mx, my), True
@@ -257,6 +258,13 @@ class LaMAMLLearner:
                         ep.record_outer_gradients()             # theta's first-order gradient
                     total += float(meta.detach())
         return total  # theta restored; p.grad = first-order meta-gradient for theta
+
+    def _fast_applies(self) -> bool:
+        """Re-checked every glance: hyperparameters may have changed since construction."""
+        reason = fast_glance.unsupported(self.model, self.optimizer, self._params)
+        if reason is not None and self._fast_requested:
+            raise ValueError(f"fast=True: {reason} (the optimizer changed after the learner was built)")
+        return reason is None
 
     def _fast_glance(self, chunks, mx: Tensor, my: Tensor):
         """Step 2-3 without the episode plumbing (:mod:`.fast_glance`): the same kernels and results."""
