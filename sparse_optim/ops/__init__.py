@@ -2,7 +2,8 @@
 
 ``reference`` is the pure-PyTorch specification (:mod:`sparse_optim.ops.reference`,
 :mod:`sparse_optim.ops.kronecker`); ``cpu`` and ``cuda`` are the native kernels of ``csrc/``
-(:mod:`sparse_optim.ops.native`) when they can be loaded. The environment variable
+(:mod:`sparse_optim.ops.native`) when they can be loaded; ``triton`` (:mod:`.triton_ops`) is the
+fused path for CUDA tensors when the native CUDA kernels are not built (no nvcc). The environment variable
 ``SPARSE_OPTIM_BACKEND`` (``reference``/``cpu``/``cuda``/``auto``; read at import), :func:`set_backend` /
 :func:`use_backend`, or an optimizer's ``backend=`` argument forces one; ``auto`` (default) uses
 native kernels where available. The dispatchers of :mod:`sparse_optim.functional` call
@@ -16,9 +17,9 @@ from typing import Iterator, Optional
 
 import torch
 
-from . import kronecker, reference
+from . import kronecker, reference, triton_ops
 
-BACKENDS = ("auto", "reference", "cpu", "cuda")
+BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 _forced: Optional[str] = None
 _native_module = None
 _environment = os.environ.get("SPARSE_OPTIM_BACKEND", "auto").lower()  # read once, at import
@@ -77,8 +78,14 @@ def backend(device: Optional[torch.device] = None, requested: Optional[str] = No
         if native is None:
             raise RuntimeError(f"backend {name!r} was forced but the native extension is not available")
         return name
+    if name == "triton":
+        if not triton_ops.available(device.type):
+            raise RuntimeError(f"backend 'triton' was forced but Triton cannot run {device.type} tensors here")
+        return "triton"
     if native is not None and native.supports(device.type):
         return device.type
+    if device.type == "cuda" and triton_ops.available("cuda"):  # a GPU without the nvcc-built kernels
+        return "triton"
     return "reference"
 
 
@@ -94,7 +101,8 @@ def implementation(device: torch.device, requested: Optional[str] = None):
     key = (device.type, requested, _forced)
     impl = _chosen.get(key)
     if impl is None:
-        impl = _chosen[key] = reference if backend(device, requested) == "reference" else _native()
+        name = backend(device, requested)
+        impl = _chosen[key] = {"reference": reference, "triton": triton_ops}.get(name) or _native()
     return impl
 
 
