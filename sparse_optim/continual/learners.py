@@ -268,7 +268,7 @@ class LaMAMLLearner:
 
     def _fast_glance(self, chunks, mx: Tensor, my: Tensor):
         """Step 2-3 without the episode plumbing (:mod:`.fast_glance`): the same kernels and results."""
-        params = self._params
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]  # the glance's own order
         with torch.no_grad():
             theta = [p.detach().clone() for p in params]
         try:
