@@ -274,18 +274,21 @@ def test_errors(info):
             cls([p], online=True, differentiable=True)
 
 
-def _goes_right_direction(info, inp, contiguous, schedulers_c=()):
-    weight, bias, x = _quadratic(contiguous=contiguous)
-    kwargs = dict(inp.kwargs, foreach=False)  # force the per-tensor reference ops
-    opt = _make(info, [weight, bias], kwargs)
-    schedulers = [s(opt) for s in schedulers_c]
-
+def _quadratic_closure(opt, weight, bias, x):
     def closure():
         opt.zero_grad()
         loss = (weight.mv(x) + bias).pow(2).sum()
         loss.backward()
         return loss
+    return closure
 
+
+def _goes_right_direction(info, inp, contiguous, schedulers_c=()):
+    weight, bias, x = _quadratic(contiguous=contiguous)
+    kwargs = dict(inp.kwargs, foreach=False)  # force the per-tensor reference ops
+    opt = _make(info, [weight, bias], kwargs)
+    schedulers = [s(opt) for s in schedulers_c]
+    closure = _quadratic_closure(opt, weight, bias, x)
     initial = closure().item()
     for _ in range(20):
         loss = closure()
@@ -315,13 +318,7 @@ def test_param_group_with_lrscheduler_goes_right_direction(info):
         weight, bias, x = _quadratic()
         opt = _make(info, [{"params": [weight]}, {"params": [bias], "lr": 0.01}], dict(lr=1e-3))
         schedulers = [s(opt) for s in schedulers_c]
-
-        def closure():
-            opt.zero_grad()
-            loss = (weight.mv(x) + bias).pow(2).sum()
-            loss.backward()
-            return loss
-
+        closure = _quadratic_closure(opt, weight, bias, x)
         initial = closure().item()
         for _ in range(20):
             loss = opt.step(closure)
