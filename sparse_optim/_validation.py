@@ -7,6 +7,10 @@ from typing import Any, Iterable
 import torch
 
 
+MOVED_PARAMETER = ("a parameter moved after the optimizer created its state (e.g. model.to_empty() / .to() with "
+                   "swapped module parameters); create the optimizer after moving the model")
+
+
 def check_rate(name: str, value: Any, *, allow_zero: bool = True) -> float:
     """A finite, non-negative real number (a learning rate, weight decay, ...)."""
     if type(value) is float and 0.0 < value < math.inf:  # fast path, checked on every step

@@ -34,6 +34,7 @@ from typing import List, Mapping, Optional, Sequence, Union
 import torch
 
 from .. import ops
+from .._validation import MOVED_PARAMETER
 from .gates import Gate, gate, gate_derivative, get_gate
 
 Tensor = torch.Tensor
@@ -164,10 +165,7 @@ def _check_matching_shapes(lists: List[list]) -> None:
             raise ValueError(f"tensors at index {i} have different shapes {sorted(shapes)}")
         devices = {str(t.device) for t in tensors if t is not None}
         if len(devices) > 1:
-            raise ValueError(
-                f"tensors at index {i} are on different devices {sorted(devices)}: a parameter moved after the "
-                "optimizer created its state (e.g. model.to_empty() / .to() with swapped module parameters); "
-                "create the optimizer after moving the model, or move it with load_state_dict into a new one")
+            raise ValueError(f"tensors at index {i} are on different devices {sorted(devices)}: {MOVED_PARAMETER}")
         if any(t is not None and t.layout is not torch.strided for t in tensors):
             raise ValueError(f"tensors at index {i} must be dense (strided)")
         if any(t is not None and t.is_complex() for t in tensors):

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from .._validation import MOVED_PARAMETER
 from . import build, kronecker, reference
 
 Tensor = torch.Tensor
@@ -70,10 +71,7 @@ def _check_one_device(*lists) -> None:
     otherwise do nothing, silently."""
     devices = {str(t.device) for lst in lists for t in lst}
     if len(devices) > 1:
-        raise ValueError(
-            f"tensors on different devices {sorted(devices)}: a parameter moved after the optimizer created its "
-            "state (e.g. model.to_empty() / .to() with swapped module parameters); create the optimizer after "
-            "moving the model")
+        raise ValueError(f"tensors on different devices {sorted(devices)}: {MOVED_PARAMETER}")
 
 
 def _cpu_only_reason() -> Optional[str]:
@@ -103,10 +101,9 @@ def _load() -> Optional[str]:
             prebuilt = build.prebuilt_library(cuda) if reason is not None else None
             if prebuilt is not None:  # an ahead-of-time build for this configuration, no compiler here
                 torch.ops.load_library(str(prebuilt))
-                reason = None
             elif reason is not None:
                 return reason
-            if prebuilt is None:
+            else:
                 logging.getLogger(__name__).info("loading the native kernels (compiled on first use, a minute or two)")
                 build.build_and_load(cuda)
         except Exception as error:  # any build or load failure leaves the reference path

@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .._validation import check_choice, check_grad, check_rate, meta_dtype
+from .._validation import MOVED_PARAMETER, check_choice, check_grad, check_rate, meta_dtype
 from ..functional.kronecker import VARIANTS, adapted_factors, init_factors, kronecker_sgd_, kronecker_transform
 from ..functional.sgd import sgd_direction
 from ..ops.reference import sgd_directions
@@ -159,10 +159,8 @@ class KroneckerSGD(MetaOptimizer):
             check_grad(p, self._names[p])
             factor = next(iter(self._meta[p].values()))
             if factor.device != p.device:
-                raise ValueError(
-                    f"parameter {self._names[p]} is on {p.device} but its Kronecker factors on {factor.device}: it "
-                    "moved after the optimizer was created (e.g. model.to_empty() with swapped module parameters); "
-                    "create the optimizer after moving the model")
+                raise ValueError(f"parameter {self._names[p]} is on {p.device} but its Kronecker factors on "
+                                 f"{factor.device}: {MOVED_PARAMETER}")
 
     def _update(self, group, params, grads, metas, record):
         self._check_step_inputs(params)
