@@ -584,3 +584,177 @@ def test_synthetic_fewshot_is_deterministic_and_learnable():
         synthetic_fewshot(num_classes=0)
     with pytest.raises(ValueError, match="noise"):
         synthetic_fewshot(noise=-1.0)
+
+
+# ----------------------------------------------------------------------------- cross-domain loaders
+# (tieredImageNet, CUB, Stanford Cars; sparse-MAML Table 4), generated in their real layouts.
+from sparse_optim.data import (CARS_TEST_CLASSES, CARS_TRAIN_CLASSES, CARS_VAL_CLASSES, cub_split, load_cars,  # noqa: E402
+                               load_cub, load_tiered_imagenet)
+
+
+def _png_bytes(arr: np.ndarray) -> np.ndarray:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+
+
+def _class_image(c: int, i: int, size=(12, 10)) -> np.ndarray:
+    """HWC uint8 image: red channel = class code, green = image index (constant planes)."""
+    arr = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+    arr[..., 0], arr[..., 1], arr[..., 2] = 10 * c % 256, 20 * i, 77
+    return arr
+
+
+def make_tiered(root: Path, layout: str, classes=(3, 2, 5), per_class: int = 4) -> Path:
+    """tieredImageNet in the pickle (Ren et al.), npz or folder layout; class c of split s has code
+    c + 20 * split index."""
+    root.mkdir(parents=True, exist_ok=True)
+    for si, (split, n) in enumerate(zip(("train", "val", "test"), classes)):
+        labels, imgs = [], []
+        for c in reversed(range(n)):          # images not grouped in class order
+            for i in range(per_class):
+                labels.append(c)
+                imgs.append(_class_image(c + 20 * si, i, (84, 84)))
+        if layout == "folders":
+            for lab, (k, img) in zip(labels, enumerate(imgs)):
+                d = root / split / f"n{si}{lab:07d}"
+                d.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img).save(d / f"img_{k:04d}.png")
+            continue
+        meta = {"label_specific": np.asarray(labels), "label_general": np.zeros(len(labels), dtype=np.int64),
+                "label_specific_str": [f"n{si}{c:07d}" for c in range(n)], "label_general_str": ["g"]}
+        with open(root / f"{split}_labels.pkl", "wb") as f:
+            pickle.dump(meta, f)
+        if layout == "pickle":
+            with open(root / f"{split}_images_png.pkl", "wb") as f:
+                pickle.dump([_png_bytes(a) for a in imgs], f)
+        else:
+            np.savez(root / f"{split}_images.npz", images=np.stack(imgs))
+    return root
+
+
+@pytest.mark.parametrize("layout", ["pickle", "npz", "folders"])
+def test_tiered_imagenet_layouts(tmp_path, layout):
+    make_tiered(tmp_path / "t", layout)
+    sp = load_tiered_imagenet(tmp_path / "t", image_size=16, dtype=torch.uint8)
+    assert sp.info["layout"] == layout
+    assert (len(sp.train), len(sp.val), len(sp.test)) == (3, 2, 5)
+    for si, ts in enumerate((sp.train, sp.val, sp.test)):
+        for c, t in enumerate(ts):
+            assert t.shape == (4, 3, 16, 16) and t.dtype == torch.uint8
+            assert (t[:, 0] == 10 * (c + 20 * si) % 256).all()          # class c, in label order
+            assert sorted(t[:, 1, 0, 0].tolist()) == [0, 20, 40, 60]     # all its images
+    assert sp.class_names["test"][2] == "n20000002"
+    only = load_tiered_imagenet(tmp_path / "t", image_size=8, splits=("test",), max_per_class=2)
+    assert only.train == [] and only.val == [] and len(only.test) == 5
+    assert only.test[0].shape == (2, 3, 8, 8) and only.test[0].dtype == torch.float32 and only.test[0].max() <= 1
+
+
+def test_tiered_imagenet_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tieredImageNet"):
+        load_tiered_imagenet(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="expected"):
+        load_tiered_imagenet(tmp_path / "empty")
+    make_tiered(tmp_path / "t", "npz")
+    with pytest.raises(ValueError, match="layout"):
+        load_tiered_imagenet(tmp_path / "t", layout="hdf5")
+    with pytest.raises(ValueError, match="splits"):
+        load_tiered_imagenet(tmp_path / "t", splits=("dev",))
+
+
+CUB_IDS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 20, 24, 200)
+
+
+def make_cub(root: Path, ids=CUB_IDS, per_class: int = 3) -> Path:
+    """CUB_200_2011/images/<NNN.Name>/*.jpg (official tarball layout)."""
+    for cid in ids:
+        d = root / "CUB_200_2011" / "images" / f"{cid:03d}.Bird_{cid}"
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(_class_image(cid, i, (30, 20))).save(d / f"Bird_{cid}_{i:04d}.png")
+    return root
+
+
+def test_cub_split_rule_and_loader(tmp_path):
+    assert [cub_split(f"{i:03d}.X") for i in (1, 2, 3, 4, 199, 198, 200)] == [
+        "train", "val", "train", "test", "train", "val", "test"]
+    counts = {s: sum(cub_split(f"{i:03d}.x") == s for i in range(1, 201)) for s in ("train", "val", "test")}
+    assert counts == {"train": 100, "val": 50, "test": 50}   # Hilliard et al. 2018: 100 / 50 / 50
+    make_cub(tmp_path)
+    sp = load_cub(tmp_path, image_size=8, dtype=torch.uint8)
+    assert sp.class_names["train"] == ["001.Bird_1", "003.Bird_3", "005.Bird_5"]
+    assert sp.class_names["val"] == ["002.Bird_2", "006.Bird_6"]
+    assert sp.class_names["test"] == [f"{i:03d}.Bird_{i}" for i in (4, 8, 12, 16, 20, 24, 200)]
+    assert all(t.shape == (3, 3, 8, 8) for t in sp.test)
+    assert (sp.test[-1][:, 0] == 10 * 200 % 256).all()
+    with pytest.raises(ValueError, match="NNN"):
+        cub_split("Albatross")
+    with pytest.raises(FileNotFoundError, match="CUB"):
+        load_cub(tmp_path / "nothing")
+
+
+def test_cars_split_lists():
+    tr, va, te = map(set, (CARS_TRAIN_CLASSES, CARS_VAL_CLASSES, CARS_TEST_CLASSES))
+    assert (len(tr), len(va), len(te)) == (98, 49, 49) and not (tr & va or tr & te or va & te)
+
+
+def make_cars(root: Path, layout: str, classes=None, per_class: int = 2) -> Path:
+    """Stanford Cars: the devkit layout (torchvision StanfordCars: .mat annotations) or class folders.
+    Half of each class's images in cars_train, half in cars_test."""
+    names = list(CARS_TRAIN_CLASSES + CARS_VAL_CLASSES + CARS_TEST_CLASSES)
+    use = names if classes is None else classes
+    if layout == "folders":
+        for c, n in enumerate(use):
+            for i in range(per_class):
+                d = root / ("train" if i % 2 == 0 else "test") / n
+                d.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(_class_image(names.index(n), i, (16, 12))).save(d / f"{c:03d}_{i}.jpg", quality=95)
+        return root
+    from scipy.io import savemat
+
+    base = root / "stanford_cars"
+    for d in ("devkit", "cars_train", "cars_test"):
+        (base / d).mkdir(parents=True, exist_ok=True)
+    meta_names = np.empty((1, len(names)), dtype=object)
+    for i, n in enumerate(names):
+        meta_names[0, i] = n
+    savemat(str(base / "devkit" / "cars_meta.mat"), {"class_names": meta_names})
+    anns = {"cars_train": [], "cars_test": []}
+    for n in use:
+        for i in range(per_class):
+            folder = "cars_train" if i % 2 == 0 else "cars_test"
+            fname = f"{len(anns[folder]) + 1:05d}.jpg"
+            Image.fromarray(_class_image(names.index(n), i, (16, 12))).save(base / folder / fname, quality=95)
+            anns[folder].append((fname, names.index(n) + 1))
+    dtype = [("bbox_x1", "O"), ("bbox_y1", "O"), ("bbox_x2", "O"), ("bbox_y2", "O"), ("class", "O"), ("fname", "O")]
+    for folder, path in (("cars_train", base / "devkit" / "cars_train_annos.mat"),
+                         ("cars_test", base / "cars_test_annos_withlabels.mat")):
+        rec = np.zeros((1, len(anns[folder])), dtype=dtype)
+        for k, (fname, cls) in enumerate(anns[folder]):
+            rec[0, k] = (0, 0, 15, 11, cls, fname)
+        savemat(str(path), {"annotations": rec})
+    return root
+
+
+@pytest.mark.parametrize("layout", ["devkit", "folders"])
+def test_cars_layouts(tmp_path, layout):
+    make_cars(tmp_path, layout, classes=list(CARS_TEST_CLASSES))
+    sp = load_cars(tmp_path, image_size=8, splits=("test",), dtype=torch.uint8)
+    assert sp.info["layout"] == layout
+    assert sp.class_names["test"] == list(CARS_TEST_CLASSES) and sp.train == []
+    names = list(CARS_TRAIN_CLASSES + CARS_VAL_CLASSES + CARS_TEST_CLASSES)
+    for n, t in zip(CARS_TEST_CLASSES, sp.test):
+        assert t.shape == (2, 3, 8, 8)
+        assert (t[:, 0].float() - 10 * names.index(n) % 256).abs().max() <= 6   # jpeg
+    with pytest.raises(RuntimeError, match="lacks"):
+        load_cars(tmp_path, image_size=8, splits=("train",))
+
+
+def test_cars_full_devkit(tmp_path):
+    make_cars(tmp_path, "devkit", per_class=2)
+    sp = load_cars(tmp_path, image_size=4)
+    assert (len(sp.train), len(sp.val), len(sp.test)) == (98, 49, 49)
+    assert all(t.shape == (2, 3, 4, 4) for t in sp.train + sp.val + sp.test)

@@ -7,6 +7,8 @@ from .omniglot import load_omniglot
 from .cifar_fs import CIFAR_FS_TEST_CLASSES, CIFAR_FS_TRAIN_CLASSES, CIFAR_FS_VAL_CLASSES, load_cifar_fs
 from .mini_imagenet import load_mini_imagenet
 from .offline import load_mnist_fewshot_offline, synthetic_fewshot
+from .cross_domain import (CARS_TEST_CLASSES, CARS_TRAIN_CLASSES, CARS_VAL_CLASSES, cub_split, load_cars, load_cub,
+                           load_tiered_imagenet)
 
 __all__ = [
     "Episode",
@@ -23,6 +25,13 @@ __all__ = [
     "load_mini_imagenet",
     "load_mnist_fewshot_offline",
     "synthetic_fewshot",
+    "load_tiered_imagenet",
+    "load_cub",
+    "load_cars",
+    "cub_split",
+    "CARS_TRAIN_CLASSES",
+    "CARS_VAL_CLASSES",
+    "CARS_TEST_CLASSES",
 ]
 
 # --- MNIST for the continual-learning streams (sparse_optim.continual.streams) ---
