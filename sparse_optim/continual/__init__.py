@@ -5,7 +5,8 @@ from sparse_optim.continual.metrics import (
     forward_transfer,
     retained_accuracy,
 )
-from sparse_optim.continual.learners import LaMAMLLearner, ReplayLearner
+from sparse_optim.continual.heads import MultiHeadLoss
+from sparse_optim.continual.learners import LaERLearner, LaMAMLLearner, ReplayLearner
 from sparse_optim.continual.replay import ReservoirBuffer
 from sparse_optim.continual.streams import (
     Task,
@@ -20,6 +21,8 @@ from sparse_optim.continual.streams import (
 __all__ = [
     "ReservoirBuffer",
     "LaMAMLLearner",
+    "LaERLearner",
+    "MultiHeadLoss",
     "ReplayLearner",
     "AccuracyMatrix",
     "retained_accuracy",

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from .. import functional as F
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
+TaskLoss = Callable[[Tensor, Tensor, Tensor], Tensor]  # loss(logits, y, task_ids)
 
 
 def _plain_sgd(opt) -> bool:
@@ -65,16 +65,17 @@ def _zeros_for_unused(grads, params) -> List[Tensor]:
 class FastGlance:
     """The fast glance of one (model, inner optimizer) pair; see the module docstring."""
 
-    def __init__(self, model: nn.Module, opt, loss_fn: LossFn) -> None:
+    def __init__(self, model: nn.Module, opt, loss_fn: TaskLoss) -> None:
         self.model, self.opt, self.loss_fn = model, opt, loss_fn
         self.gated = not _plain_sgd(opt)
 
     # ------------------------------------------------------------------- the glance
-    def __call__(self, chunks: List[Tuple[Tensor, Tensor]], mx: Tensor, my: Tensor,
+    def __call__(self, chunks: List[Tuple[Tensor, Tensor, Tensor]], meta_batch: Tuple[Tensor, Tensor, Tensor],
                  keep_all: bool) -> Tuple[List[Tensor], List[Tuple[Tensor, Tensor]], float]:
-        """Runs the inner steps (the module's parameters end at ``phi_k``); returns theta's
-        first-order gradients, (meta-parameter, gradient) pairs (none for plain SGD) and the
-        meta-loss."""
+        """Runs the inner steps on ``(x, y, task_ids)`` chunks (the module's parameters end at
+        ``phi_k``); returns theta's first-order gradients, (meta-parameter, gradient) pairs (none for
+        plain SGD) and the meta-loss on ``meta_batch``."""
+        mx, my, mt = meta_batch
         opt, gated, model, loss_fn = self.opt, self.gated, self.model, self.loss_fn
         params = [p for g in opt.param_groups for p in g["params"]]  # read per glance: groups may change
         k = len(chunks)
@@ -91,9 +92,10 @@ class FastGlance:
             groups.append((g_opt, slice(start, start + size)))
             start += size
         total = 0.0
-        for i, (x, y) in enumerate(chunks):
+        for i, (x, y, t) in enumerate(chunks):
             with torch.enable_grad():
-                grads = _zeros_for_unused(torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True), params)
+                grads = _zeros_for_unused(torch.autograd.grad(loss_fn(model(x), y, t), params, allow_unused=True),
+                                          params)
             with torch.no_grad():
                 for g_opt, s in groups:
                     if gated:
@@ -105,7 +107,7 @@ class FastGlance:
             if not (keep_all or i == k - 1):
                 continue
             with torch.enable_grad():
-                meta_loss = loss_fn(model(mx), my) * weight
+                meta_loss = loss_fn(model(mx), my, mt) * weight
                 outer = _zeros_for_unused(torch.autograd.grad(meta_loss, params, allow_unused=True), params)
             total += float(meta_loss.detach())
             with torch.no_grad():
