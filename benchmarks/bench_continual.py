@@ -44,7 +44,7 @@ The stream: ``--tasks`` (20) x ``--samples`` (200) training digits and ``--test-
 format, ``torch.save([tasks_train, tasks_test], DATA/mnist_rotations.pt)`` with every task
 ``[rotation angle (float, degrees), x (n, 784) float32 in [0, 1], y (n,) int64]`` -- what the
 official ``dataloaders/task_incremental_loader.py`` loads (``torch.load``, ``task[1]``,
-``task[2]``). Our side reads the tasks back from that same file (:func:`load_gem_tasks`).
+``task[2]``). Our side reads the tasks back from that same file (:func:`sparse_optim.continual.load_gem_file`).
 ``--tasks 20 --samples 1000`` is the paper's size (from the 4,000 offline training digits).
 
 Obtaining the official code: it is not vendored. Either pass ``--official-dir DIR`` pointing to
@@ -93,7 +93,8 @@ import torch
 from torch import nn
 
 import sparse_optim as so
-from sparse_optim.continual import AccuracyMatrix, ReservoirBuffer, Task, iterate_task_batches, mnist_rotations
+from sparse_optim.continual import (AccuracyMatrix, ReservoirBuffer, Task, iterate_task_batches, load_gem_file,
+                                    mnist_rotations, save_gem_file)
 from sparse_optim.continual.learners import LaMAMLLearner
 from sparse_optim.data.mnist import load_mnist_offline
 from sparse_optim.models import MLP
@@ -140,35 +141,6 @@ NOTES_OFFICIAL = [
 
 
 # ----------------------------------------------------------------------------- data
-def write_gem_file(tasks: Sequence[Task], path: Path) -> None:
-    """GEM's on-disk format: ``[tasks_train, tasks_test]``, task = ``[descriptor, x (n, 784), y (n,)]``."""
-    train = [[float(t.angle), t.x_train.reshape(t.num_train, -1).float().contiguous(), t.y_train.long()]
-             for t in tasks]
-    test = [[float(t.angle), t.x_test.reshape(t.num_test, -1).float().contiguous(), t.y_test.long()]
-            for t in tasks]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save([train, test], path)
-
-
-def load_gem_tasks(path: Path) -> List[Task]:
-    """Read a GEM-format continual-learning file (as written by GEM / :func:`write_gem_file`)."""
-    obj = torch.load(path, weights_only=True)
-    if not (isinstance(obj, (list, tuple)) and len(obj) == 2 and len(obj[0]) == len(obj[1])):
-        raise ValueError(f"{path}: expected [tasks_train, tasks_test] of equal length")
-    tasks = []
-    for t, (tr, te) in enumerate(zip(*obj)):
-        if len(tr) != 3 or len(te) != 3:
-            raise ValueError(f"{path}: task {t} is not [descriptor, x, y]")
-        x_tr, y_tr, x_te, y_te = tr[1].float(), tr[2].long(), te[1].float(), te[2].long()
-        if x_tr.dim() != 2 or y_tr.shape != (x_tr.shape[0],) or x_te.dim() != 2 or y_te.shape != (x_te.shape[0],):
-            raise ValueError(f"{path}: task {t} has shapes {tuple(x_tr.shape)}, {tuple(y_tr.shape)}, "
-                             f"{tuple(x_te.shape)}, {tuple(y_te.shape)}")
-        angle = float(tr[0]) if isinstance(tr[0], (int, float)) else None
-        tasks.append(Task(task_id=t, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
-                          kind="rotation", angle=angle))
-    return tasks
-
-
 # ----------------------------------------------------------------------------- official code
 def prepare_official(args, workdir: Path) -> Dict[str, Any]:
     info: Dict[str, Any] = {"patches": []}
@@ -400,8 +372,8 @@ def _run(args, argv_list: List[str], workdir: Path) -> Dict[str, Any]:
                              test_per_task=args.test_per_task, seed=args.seed)
     data_dir = workdir / "data"
     data_file = data_dir / f"{DATASET}.pt"
-    write_gem_file(stream, data_file)
-    tasks = load_gem_tasks(data_file)
+    save_gem_file(stream, data_file)
+    tasks = load_gem_file(data_file)
     for a, b in zip(stream, tasks):
         assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
     n_test = tasks[0].num_test

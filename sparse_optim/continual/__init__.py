@@ -5,9 +5,12 @@ from sparse_optim.continual.metrics import (
     forward_transfer,
     retained_accuracy,
 )
+from sparse_optim.continual.gem_files import load_gem_file, save_gem_file
 from sparse_optim.continual.heads import MultiHeadLoss
 from sparse_optim.continual.learners import LaERLearner, LaMAMLLearner, ReplayLearner
 from sparse_optim.continual.replay import ReservoirBuffer
+from sparse_optim.continual.vision import (ImageSplits, augment_batch, class_split_tasks, load_cifar,
+                                          load_tiny_imagenet)
 from sparse_optim.continual.streams import (
     Task,
     iterate_stream,
@@ -23,6 +26,13 @@ __all__ = [
     "LaMAMLLearner",
     "LaERLearner",
     "MultiHeadLoss",
+    "load_gem_file",
+    "save_gem_file",
+    "ImageSplits",
+    "load_cifar",
+    "load_tiny_imagenet",
+    "class_split_tasks",
+    "augment_batch",
     "ReplayLearner",
     "AccuracyMatrix",
     "retained_accuracy",

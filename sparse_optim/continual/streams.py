@@ -49,11 +49,13 @@ class Task:
         task_id: 0-based position in the stream.
         x_train, y_train: ``[N, D]`` float32 inputs in ``[0, 1]``, ``[N]`` int64 labels.
         x_test, y_test: held-out data transformed the same way.
-        kind: ``"rotation"`` or ``"permutation"``.
+        kind: ``"rotation"``, ``"permutation"``, ``"classes"`` (class split) or ``"gem"``.
         angle: rotation angle in degrees (counter-clockwise), rotation tasks.
         permutation: ``[D]`` int64 pixel order (``x_task = x_flat[:, permutation]``),
             permutation tasks.
         train_index, test_index: indices of the source images used.
+        x_val, y_val: held-out validation data (image streams), or None.
+        classes: the source dataset's classes in this task (class-split streams), or None.
     """
 
     task_id: int
@@ -66,6 +68,9 @@ class Task:
     permutation: Optional[Tensor] = None
     train_index: Optional[Tensor] = None
     test_index: Optional[Tensor] = None
+    x_val: Optional[Tensor] = None
+    y_val: Optional[Tensor] = None
+    classes: Optional[List[int]] = None
 
     def __repr__(self) -> str:
         detail = f"angle={self.angle:g}" if self.angle is not None else f"kind={self.kind!r}"
