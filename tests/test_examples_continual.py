@@ -203,7 +203,7 @@ def test_sparse_cmaml_smoke(tmp_path):
     mod = _load("sparse_cmaml")
     res = mod.main(["--p", "0.9", "--seeds", "0", "--steps", "120", "--methods", *mod.METHODS,
                     "--sparsity-every", "40", "--out", str(tmp_path), "--no-progress"])
-    data = json.loads((tmp_path / "sparse_cmaml.json").read_text())
+    data = json.loads((tmp_path / "sparse_cmaml_offline_p0.9.json").read_text())
     summ = data["results"]["0.9"]["summary"]
     assert set(summ) == set(mod.METHODS)
     for m, s in summ.items():
@@ -212,5 +212,5 @@ def test_sparse_cmaml_smoke(tmp_path):
     run = data["results"]["0.9"]["runs"]["sparse_cmaml"][0]
     assert len(run["sparsity_trace"]) == 3 and 0 < run["final_sparsity"]["overall"] < 1
     assert data["results"]["0.9"]["runs"]["cmaml"][0]["final_sparsity"] is None     # plain SGD: no gates
-    assert (tmp_path / "sparse_cmaml.png").stat().st_size > 1000
-    assert res["files"][0].endswith("sparse_cmaml.json")
+    assert (tmp_path / "sparse_cmaml_offline_p0.9.png").stat().st_size > 1000
+    assert res["files"][0].endswith("sparse_cmaml_offline_p0.9.json")
