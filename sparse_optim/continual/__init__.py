@@ -46,3 +46,8 @@ __all__ = [
     "iterate_stream",
     "rotate_images",
 ]
+
+from sparse_optim.continual import osaka  # noqa: E402  (OSAKA stream, loaders, boundary detection, C-MAML)
+from sparse_optim.continual.osaka import ContinualMAML, OSAKAStream, detect_task_boundary, load_osaka_data  # noqa: E402
+
+__all__ += ["osaka", "ContinualMAML", "OSAKAStream", "detect_task_boundary", "load_osaka_data"]
