@@ -945,7 +945,8 @@ def plot_sweep(results, path: Path) -> bool:
             if key in ("inner_lr", "hidden"):
                 ax.set_xscale("log")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=6)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

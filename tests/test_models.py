@@ -202,3 +202,45 @@ def test_forward_matches_reference_implementation():
                 prm.add_(0.1 * torch.randn_like(prm))
             pool = "avg-to-4-block-size" if isinstance(model, SCNN) else "none"
             assert torch.allclose(model(x), _reference_forward(model, x, pool), atol=1e-4, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- ResNet-12, linear models
+def test_resnet12_shapes_counts_and_init():
+    from sparse_optim.models import RESNET12_CHANNELS, ResNet12, count_parameters
+
+    torch.manual_seed(0)
+    small, large = ResNet12(num_classes=5), ResNet12(num_classes=5, channels="large", pool_last=True)
+    x = torch.randn(2, 3, 84, 84)
+    assert small(x).shape == (2, 5) and small.blocks(x).shape == (2, 512, 11, 11)   # official: no 4th pool
+    assert large.blocks(x).shape == (2, 640, 5, 5)                                 # MetaOptNet layout
+    assert count_parameters(large) == 12_427_525                                   # MetaOptNet ResNet-12: 12.4M
+    assert RESNET12_CHANNELS["small"] == (64, 128, 256, 512)
+    w = small.blocks[1].conv2.weight                                               # Xavier-uniform bound
+    bound = (6.0 / (w.shape[1] * 9 + w.shape[0] * 9)) ** 0.5
+    assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
+    assert torch.all(small.head.bias == 0) and all(m.bias is None for m in small.modules()
+                                                   if isinstance(m, torch.nn.Conv2d))
+    names = dict(small.named_parameters())
+    assert {"blocks.0.bn1.weight", "blocks.0.downsample.1.weight", "head.weight"} <= set(names)
+    tiny = ResNet12(num_classes=3, channels=(2, 3, 4, 5))
+    assert tiny(torch.randn(4, 3, 16, 16)).shape == (4, 3)
+    with pytest.raises(ValueError, match="channels"):
+        ResNet12(channels="huge")
+    with pytest.raises(ValueError, match="channels"):
+        ResNet12(channels=(1, 2, 3))
+    with pytest.raises(ValueError, match="x must be"):
+        tiny(torch.randn(2, 1, 16, 16))
+
+
+def test_linear_net_is_linear():
+    from sparse_optim.models import LinearNet, count_parameters
+
+    torch.manual_seed(0)
+    lr, net = LinearNet(784, 5), LinearNet(784, 5, hidden=(256, 128, 64, 64))
+    assert count_parameters(lr) == 784 * 5 + 5
+    x, y = torch.randn(3, 1, 28, 28), torch.randn(3, 1, 28, 28)
+    assert net(x).shape == (3, 5)
+    # affine: f(a x + (1 - a) y) = a f(x) + (1 - a) f(y)
+    torch.testing.assert_close(net(0.3 * x + 0.7 * y), 0.3 * net(x) + 0.7 * net(y), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="hidden"):
+        LinearNet(4, 2, hidden=(0,))
