@@ -362,7 +362,7 @@ def pretrain(learner: osaka.ContinualMAML, data: osaka.OSAKAData, hp: Dict[str, 
 def run_osaka(method: str, hp: Dict[str, Any], data: osaka.OSAKAData, stream: osaka.OSAKAStream, seed: int,
               args, progress: bool) -> Dict[str, Any]:
     torch.manual_seed(seed)
-    model = make_cnn(args.hidden)
+    model = make_cnn(args.hidden).to(args.device)
     start = time.perf_counter()
     if method == "finetune":        # MAML-pretrained (1 fixed-rate step), then online Adam
         pre = osaka.ContinualMAML(model, "cmaml_fixed", alpha=hp["alpha"], meta_lr=hp["meta_lr"],
@@ -486,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-batches", type=int, default=100, help="validation meta-batches per epoch (OSAKA: 100)")
     g.add_argument("--max-buffer", type=int, default=100, help="C-MAML buffer size in batches (OSAKA: 2 x 50)")
     g.add_argument("--hidden", type=int, default=64, help="conv filters (4-conv-64)")
+    g.add_argument("--device", default="cpu", help="torch device of the model and data (e.g. cuda)")
     g.add_argument("--n-pretrain", type=int, default=900, help="Omniglot pre-training characters (OSAKA: 900)")
     g.add_argument("--n-val", type=int, default=100, help="Omniglot validation characters (OSAKA: 100)")
     g.add_argument("--omniglot-invert", action="store_true", help="strokes = 1 (OSAKA: background = 1)")
@@ -603,7 +604,7 @@ def main_osaka(args, argv) -> Dict[str, Any]:
     steps = args.steps or 10000
     args.steps = steps
     data = osaka.load_osaka_data(args.data_root, download=args.download, n_pretrain=args.n_pretrain,
-                                 n_val=args.n_val, omniglot_invert=args.omniglot_invert)
+                                 n_val=args.n_val, omniglot_invert=args.omniglot_invert, device=args.device)
     results: Dict[float, Any] = {}
     for p in args.p:
         hps = {m: osaka_hparams(m, p, args) for m in methods}

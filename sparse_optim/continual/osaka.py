@@ -119,7 +119,8 @@ def _torchvision_split(cls_name: str, root: PathLike, download: bool) -> Tensor:
 
 
 def load_osaka_data(root: PathLike, download: bool = False, n_pretrain: int = 900, n_val: int = 100,
-                    n_support: int = 10, omniglot_invert: bool = False) -> OSAKAData:
+                    n_support: int = 10, omniglot_invert: bool = False,
+                    device: Union[str, torch.device] = "cpu") -> OSAKAData:
     """Load Omniglot, MNIST and FashionMNIST in the OSAKA layout (see the module docstring).
 
     Args:
@@ -132,6 +133,7 @@ def load_osaka_data(root: PathLike, download: bool = False, n_pretrain: int = 90
         n_support: drawings per character in the support pool (OSAKA: 10 of 20).
         omniglot_invert: ``False`` (OSAKA) keeps Omniglot as loaded, white background = 1;
             ``True`` gives strokes = 1 like MNIST.
+        device: where the tensors live (the stream's batches are drawn there).
 
     MNIST and FashionMNIST are their 60,000-image training sets (OSAKA ``train=True``) scaled
     to [0, 1]; the stream's Omniglot source is all characters (pre-training ones included).
@@ -146,10 +148,10 @@ def load_osaka_data(root: PathLike, download: bool = False, n_pretrain: int = 90
     n = min(len(c) for c in chars)
     if not 0 < n_support < n:
         raise ValueError(f"n_support must be in (0, {n}), got {n_support}")
-    omni = torch.stack([c[:n] for c in chars]).float()
+    omni = torch.stack([c[:n] for c in chars]).float().to(device)
     pre, val = omni[:n_pretrain], omni[n_pretrain:n_pretrain + n_val]
-    sources = {"omniglot": omni, "mnist": _torchvision_split("MNIST", root, download),
-               "fashion": _torchvision_split("FashionMNIST", root, download)}
+    sources = {"omniglot": omni, "mnist": _torchvision_split("MNIST", root, download).to(device),
+               "fashion": _torchvision_split("FashionMNIST", root, download).to(device)}
     return OSAKAData(sources, (pre[:, :n_support], pre[:, n_support:]), (val[:, :n_support], val[:, n_support:]),
                      info={name: list(t.shape) for name, t in sources.items()})
 
@@ -158,8 +160,8 @@ def sample_task_batch(pool: Tensor, classes: Tensor, n_shots: int, generator: to
     """``n_shots`` images (with replacement) of each class in ``classes``; labels ``0..len-1``."""
     n_per = pool.shape[1]
     idx = torch.randint(n_per, (len(classes), n_shots), generator=generator)
-    x = pool[classes.view(-1, 1), idx].flatten(0, 1)
-    y = torch.arange(len(classes)).repeat_interleave(n_shots)
+    x = pool[classes.view(-1, 1).to(pool.device), idx.to(pool.device)].flatten(0, 1)
+    y = torch.arange(len(classes), device=pool.device).repeat_interleave(n_shots)
     return x, y
 
 
