@@ -42,7 +42,7 @@ def _clipped(grads, c):
     return [g * coef for g in grads]
 
 
-def _hand_glance(theta, rates, x, y, chunk, meta_loss, second_order):
+def _hand_glance(theta, rates, x, y, chunk, meta_loss, second_order, clamp=None):
     """(g_theta, g_alpha) of one glance; the meta-batch is the incoming batch (no replay)."""
     W = [t.clone().requires_grad_(True) for t in theta]
     A = [a.clone().requires_grad_(True) for a in rates]
@@ -53,6 +53,8 @@ def _hand_glance(theta, rates, x, y, chunk, meta_loss, second_order):
         g = torch.autograd.grad(F.cross_entropy(_forward(fast, xi), yi), fast, create_graph=second_order)
         if not second_order:
             g = [gi.detach() for gi in g]
+        if clamp is not None:   # the official CIFAR code's element-wise clamp of the inner gradients
+            g = [gi.clamp(-clamp, clamp) for gi in g]
         fast = [w - F.relu(a) * gi for w, a, gi in zip(fast, A, g)]
         if meta_loss == "all":
             total = total + F.cross_entropy(_forward(fast, x), y) / k
@@ -62,13 +64,13 @@ def _hand_glance(theta, rates, x, y, chunk, meta_loss, second_order):
     return [g.detach() for g in grads[:4]], [g.detach() for g in grads[4:]]
 
 
-def _hand_run(method, batches, glances, chunk, meta_loss, second_order=False):
+def _hand_run(method, batches, glances, chunk, meta_loss, second_order=False, clamp=None):
     model = _net()
     theta = [p.detach().clone() for p in model.parameters()]
     rates = [torch.full_like(t, ALPHA0) for t in theta]
     for x, y in batches:
         for _ in range(glances):
-            g_theta, g_alpha = _hand_glance(theta, rates, x, y, chunk, meta_loss, second_order)
+            g_theta, g_alpha = _hand_glance(theta, rates, x, y, chunk, meta_loss, second_order, clamp)
             g_theta, g_alpha = _clipped(g_theta, CLIP), _clipped(g_alpha, CLIP)
             rates = [a - ETA * g for a, g in zip(rates, g_alpha)]
             if method == "lamaml":
@@ -96,28 +98,36 @@ def _library_run(method, batches, glances, chunk, meta_loss, backend=None, **kw)
     return [p.detach() for p in model.parameters()], [m.detach() for m in opt.meta_parameters()], learner
 
 
+@pytest.mark.parametrize("fast", [None, False], ids=["fast", "episode"])
+@pytest.mark.parametrize("clamp", [None, 0.05], ids=["no-clamp", "clamp"])
 @pytest.mark.parametrize("backend", ["reference", None], ids=["reference", "native"])
 @pytest.mark.parametrize("meta_loss", ["all", "last"])
 @pytest.mark.parametrize("method", ["lamaml", "sync", "laer"])
-def test_first_order_learners_follow_their_definitions(method, meta_loss, backend):
+def test_first_order_learners_follow_their_definitions(method, meta_loss, backend, clamp, fast):
     batches = _batches()
-    theta, rates = _hand_run(method, batches, glances=2, chunk=2, meta_loss=meta_loss)
-    got_theta, got_rates, _ = _library_run(method, batches, glances=2, chunk=2, meta_loss=meta_loss, backend=backend)
+    theta, rates = _hand_run(method, batches, glances=2, chunk=2, meta_loss=meta_loss, clamp=clamp)
+    got_theta, got_rates, learner = _library_run(method, batches, glances=2, chunk=2, meta_loss=meta_loss,
+                                                 backend=backend, inner_grad_clamp=clamp, fast=fast)
+    assert learner.fast is (fast is None)
     for a, b in zip(got_theta + got_rates, theta + rates):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    if clamp is not None:   # the clamp is active on this data
+        free, _ = _hand_run(method, batches, glances=2, chunk=2, meta_loss=meta_loss)
+        assert any(not torch.allclose(a, b) for a, b in zip(theta, free))
 
 
+@pytest.mark.parametrize("clamp", [None, 0.05], ids=["no-clamp", "clamp"])
 @pytest.mark.parametrize("meta_loss", ["all", "last"])
 @pytest.mark.parametrize("method", ["lamaml", "sync"])
-def test_second_order_learner_differentiates_through_the_inner_updates(method, meta_loss):
+def test_second_order_learner_differentiates_through_the_inner_updates(method, meta_loss, clamp):
     batches = _batches()
-    theta, rates = _hand_run(method, batches, glances=2, chunk=2, meta_loss=meta_loss, second_order=True)
+    theta, rates = _hand_run(method, batches, glances=2, chunk=2, meta_loss=meta_loss, second_order=True, clamp=clamp)
     got_theta, got_rates, learner = _library_run(method, batches, glances=2, chunk=2, meta_loss=meta_loss,
-                                                 second_order=True)
+                                                 second_order=True, inner_grad_clamp=clamp)
     assert not learner.fast
     for a, b in zip(got_theta + got_rates, theta + rates):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    first_theta, _ = _hand_run(method, batches, glances=2, chunk=2, meta_loss=meta_loss)
+    first_theta, _ = _hand_run(method, batches, glances=2, chunk=2, meta_loss=meta_loss, clamp=clamp)
     assert any(not torch.allclose(a, b) for a, b in zip(got_theta, first_theta))  # second order is not first order
 
 

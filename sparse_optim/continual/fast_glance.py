@@ -71,7 +71,7 @@ class FastGlance:
 
     # ------------------------------------------------------------------- the glance
     def __call__(self, chunks: List[Tuple[Tensor, Tensor, Tensor]], meta_batch: Tuple[Tensor, Tensor, Tensor],
-                 keep_all: bool) -> Tuple[List[Tensor], List[Tuple[Tensor, Tensor]], float]:
+                 keep_all: bool, clamp: Optional[float] = None) -> Tuple[List[Tensor], List[Tuple[Tensor, Tensor]], float]:
         """Runs the inner steps on ``(x, y, task_ids)`` chunks (the module's parameters end at
         ``phi_k``); returns theta's first-order gradients, (meta-parameter, gradient) pairs (none for
         plain SGD) and the meta-loss on ``meta_batch``."""
@@ -96,6 +96,9 @@ class FastGlance:
             with torch.enable_grad():
                 grads = _zeros_for_unused(torch.autograd.grad(loss_fn(model(x), y, t), params, allow_unused=True),
                                           params)
+            if clamp is not None:   # element-wise, as the episode path's inner gradients
+                torch._foreach_clamp_min_(grads, -clamp)
+                torch._foreach_clamp_max_(grads, clamp)
             with torch.no_grad():
                 for g_opt, s in groups:
                     if gated:

@@ -201,6 +201,9 @@ class LaMAMLLearner:
             fast weights with :func:`sparse_optim.functional.gated_sgd` (``create_graph=True``) and
             one backward gives theta's and the meta-parameters' gradients. Needs a gated
             optimizer without momentum / weight decay; ``False`` (default): first order.
+        inner_grad_clamp: clamp every inner-step gradient element to ``[-c, c]`` before the inner
+            update (the official CIFAR / TinyImageNet code clamps to its ``grad_clip_norm``; its
+            MNIST code's clamp has no effect); ``None`` (default): no clamp.
         fast: run glances on the optimizer's kernels directly, without the episode API's
             per-step plumbing (:mod:`sparse_optim.continual.fast_glance`; bit-identical results).
             ``None`` (default): where it applies -- a gated optimizer (or ``torch.optim.SGD``)
@@ -215,7 +218,8 @@ class LaMAMLLearner:
                  replay_batch_size: int = 10, inner_batch_size: int = 1, meta_loss: str = "all",
                  clip_grad_norm: Optional[float] = 2.0, shuffle: bool = True,
                  generator: Optional[torch.Generator] = None, loss_fn: LossFn = F.cross_entropy,
-                 second_order: bool = False, fast: Optional[bool] = None) -> None:
+                 second_order: bool = False, inner_grad_clamp: Optional[float] = None,
+                 fast: Optional[bool] = None) -> None:
         self._is_meta = hasattr(optimizer, "episode") and hasattr(optimizer, "meta_backward")
         if not self._is_meta:
             if not isinstance(optimizer, torch.optim.Optimizer):
@@ -240,6 +244,7 @@ class LaMAMLLearner:
         self._loss = _task_loss(loss_fn)
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
         self.second_order = bool(second_order)
+        self.inner_grad_clamp = None if inner_grad_clamp is None else _check_clip(inner_grad_clamp)
         if self.second_order:
             reason = fast_glance.unsupported(model, optimizer, self._params)
             if not self._is_meta or reason is not None:
@@ -290,6 +295,7 @@ class LaMAMLLearner:
             for i, (xi, yi, ti) in enumerate(chunks):
                 opt.zero_grad(set_to_none=True)
                 self._loss(self.model(xi), yi, ti).backward()
+                self._clamp_inner([p.grad for p in self._params if p.grad is not None])
                 opt.step()                                      # inner update (Eq. 7)
                 if self.meta_loss == "all" or i == k - 1:
                     opt.zero_grad(set_to_none=True)
@@ -301,6 +307,11 @@ class LaMAMLLearner:
                         ep.record_outer_gradients()             # theta's first-order gradient
                     total += float(meta.detach())
         return total  # theta restored; p.grad = first-order meta-gradient for theta
+
+    def _clamp_inner(self, grads) -> None:
+        if self.inner_grad_clamp is not None and grads:
+            torch._foreach_clamp_min_(grads, -self.inner_grad_clamp)
+            torch._foreach_clamp_max_(grads, self.inner_grad_clamp)
 
     def _fast_applies(self) -> bool:
         """Re-checked every glance: hyperparameters may have changed since construction."""
@@ -315,7 +326,8 @@ class LaMAMLLearner:
         with torch.no_grad():
             theta = [p.detach().clone() for p in params]
         try:
-            theta_grads, meta_grads, total = self._fast(chunks, meta_batch, self.meta_loss == "all")
+            theta_grads, meta_grads, total = self._fast(chunks, meta_batch, self.meta_loss == "all",
+                                                        self.inner_grad_clamp)
         finally:
             with torch.no_grad():
                 torch._foreach_copy_(params, theta)
@@ -363,6 +375,8 @@ class LaMAMLLearner:
                 out = functional_call(model, {names[id(p)]: w for p, w in zip(params, fast)}, (xi,))
                 grads = torch.autograd.grad(self._loss(out, yi, ti), fast, create_graph=True, allow_unused=True)
                 grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, fast)]
+                if self.inner_grad_clamp is not None:
+                    grads = [g.clamp(-self.inner_grad_clamp, self.inner_grad_clamp) for g in grads]
                 new = list(fast)
                 for g_opt, s in groups:  # Eq. 7 with the graph kept: phi - scale * gate(xi) * g
                     new[s] = F_.gated_sgd(fast[s], grads[s], leaves[s], gate=opt.gate, lr=g_opt["lr"], backend=opt.backend,

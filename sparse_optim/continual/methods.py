@@ -42,12 +42,14 @@ _REQUIRED = {"online": ("lr", "glances"), "er": ("lr", "glances"), "cmaml": ("al
 
 def build_learner(method: str, model: nn.Module, hp: Dict[str, Any], *, memories: int, seed: int,
                   loss_fn: LossFn = F.cross_entropy, clip_grad_norm: Optional[float] = 2.0,
-                  second_order: bool = False) -> Tuple[Any, Optional[torch.optim.Optimizer]]:
+                  second_order: bool = False,
+                  inner_grad_clamp: Optional[float] = None) -> Tuple[Any, Optional[torch.optim.Optimizer]]:
     """``(learner, meta-optimizer or None)`` for ``method`` with hyperparameters ``hp``.
 
     ``second_order`` differentiates through the inner updates (official ``--second_order``, the
     CIFAR / TinyImageNet runs) for the meta-learning methods; C-MAML then uses frozen rates
     ``LookaheadLRSGD(lr=alpha, rate_lr=0)`` (relu(alpha) = alpha: the same inner SGD step).
+    ``inner_grad_clamp`` clamps the inner gradients element-wise (the official CIFAR code).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -62,7 +64,8 @@ def build_learner(method: str, model: nn.Module, hp: Dict[str, Any], *, memories
                              clip_grad_norm=clip_grad_norm, loss_fn=loss_fn), None
     common = dict(glances=hp["glances"], replay_batch_size=hp.get("replay", 10),
                   inner_batch_size=hp.get("inner_batch", 1), clip_grad_norm=clip_grad_norm, loss_fn=loss_fn,
-                  generator=torch.Generator().manual_seed(10_000 + seed), second_order=second_order)
+                  generator=torch.Generator().manual_seed(10_000 + seed), second_order=second_order,
+                  inner_grad_clamp=inner_grad_clamp)
     meta_loss = hp.get("meta_loss", "last" if method == "laer" else "all")
     if method == "cmaml":
         outer = torch.optim.SGD(model.parameters(), lr=hp["beta"])
