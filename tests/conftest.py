@@ -33,7 +33,8 @@ from sparse_optim import ops
 NOT_OPS = {
     "test_continual_metrics", "test_continual_replay", "test_continual_streams", "test_continual_learners",
     "test_build", "test_cuda_build", "test_cuda_kernels", "test_triton_ops", "test_data_fewshot", "test_data_mnist", "test_distributed", "test_examples_continual",
-    "test_examples_fewshot", "test_models", "test_registry",
+    "test_examples_fewshot", "test_models", "test_registry", "test_continual_ablations", "test_continual_vision",
+    "test_continual_gem_files", "test_continual_osaka",
 }
 
 
