@@ -33,8 +33,13 @@ CIFAR / TinyImageNet code, the inner gradients are clamped element-wise to +-cli
     python examples/continual_vision.py --preset tiny-multiple --data-root ~/data/tiny-imagenet-200
     python examples/continual_vision.py --preset split-cifar10-200 --data-root ~/data --seeds 0 1 2 3 4
 
+After every task the gradient alignment of the tasks seen so far is recorded (mean pairwise
+cosine of their loss gradients on up to ``--alignment-images`` validation images each; La-MAML
+Table 4 at the end of the stream, Figure 4 along it).
+
 Writes ``OUT/continual_vision_<preset><tag>.json`` (config, per-seed test and validation R
-matrices, RA, BTI, times, summary, the paper's numbers) and ``OUT/ra_vision_<preset><tag>.png``.
+matrices, RA, BTI, gradient alignment, times, summary, the paper's numbers) and
+``OUT/ra_vision_<preset><tag>.png``.
 """
 from __future__ import annotations
 
@@ -54,7 +59,8 @@ from torch import nn
 from tqdm import tqdm
 
 from sparse_optim.continual import (AccuracyMatrix, ImageSplits, MultiHeadLoss, augment_batch, class_split_tasks,
-                                    iterate_task_batches, load_cifar, load_tiny_imagenet)
+                                    gradient_alignment, iterate_task_batches, load_cifar, load_tiny_imagenet,
+                                    task_gradient)
 from sparse_optim.continual.methods import build_learner
 from sparse_optim.models import LaMAMLConvNet
 from sparse_optim.continual.vision import CIFAR10_STATS, CIFAR100_STATS, IMAGENET_STATS
@@ -195,6 +201,21 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task_id: int, h
     return correct / len(y)
 
 
+def alignment_after_task(model, tasks, seen: int, heads: Optional[MultiHeadLoss], per_task: int) -> Optional[float]:
+    """Mean pairwise cosine of the seen tasks' loss gradients (La-MAML Table 4 / Figure 4), on up to
+    ``per_task`` validation images per task (test images where there is no validation split)."""
+    if seen < 2:
+        return None
+    grads = []
+    for t in tasks[:seen]:
+        x, y = (t.x_val, t.y_val) if t.y_val is not None and len(t.y_val) else (t.x_test, t.y_test)
+        x, y = x[:per_task], y[:per_task]
+        ids = torch.full((len(y),), t.task_id, dtype=torch.long)
+        loss = (lambda out, target: heads(out, target, ids)) if heads is not None else F.cross_entropy
+        grads.append(task_gradient(model, x, y, loss))
+    return gradient_alignment(grads)[0]
+
+
 # ----------------------------------------------------------------------------- training
 def _iid(model, tasks, hp, heads, seed, bar) -> None:
     """Upper bound: every task's data shuffled together, ``epochs`` epochs of SGD (La-MAML App. G)."""
@@ -216,7 +237,7 @@ def _iid(model, tasks, hp, heads, seed, bar) -> None:
 
 
 def run_method(method: str, preset: Dict[str, Any], hp: Dict[str, Any], tasks, seed: int, epochs: int,
-               first_order: bool, progress: bool) -> Dict[str, Any]:
+               first_order: bool, progress: bool, alignment_images: int = 0) -> Dict[str, Any]:
     torch.manual_seed(seed)
     c = preset["classes_per_task"]
     outputs = c * len(tasks) if preset["task_aware"] else c * len(tasks)
@@ -225,6 +246,7 @@ def run_method(method: str, preset: Dict[str, Any], hp: Dict[str, Any], tasks, s
     has_val = all(t.y_val is not None and len(t.y_val) > 0 for t in tasks)
     R, R_val = AccuracyMatrix(len(tasks)), (AccuracyMatrix(len(tasks)) if has_val else None)
     start = time.perf_counter()
+    alignment: List[Optional[float]] = []
     if method == "iid":
         total = hp["epochs"] * math.ceil(sum(t.num_train for t in tasks) / hp["batch"])
     else:
@@ -255,6 +277,8 @@ def run_method(method: str, preset: Dict[str, Any], hp: Dict[str, Any], tasks, s
             R.update_row(i, [accuracy(model, t.x_test, t.y_test, t.task_id, heads) for t in tasks])
             if has_val:
                 R_val.update_row(i, [accuracy(model, t.x_val, t.y_val, t.task_id, heads) for t in tasks])
+            if alignment_images:
+                alignment.append(alignment_after_task(model, tasks, i + 1, heads, alignment_images))
             bar.set_postfix(task=i, acc=f"{R.matrix[i, i]:.2f}")
     bar.close()
     d = R.to_dict()
@@ -262,6 +286,8 @@ def run_method(method: str, preset: Dict[str, Any], hp: Dict[str, Any], tasks, s
     return {"method": method, "seed": seed, "hparams": hp, "R": d["matrix"], "RA": d["retained_accuracy"],
             "BTI": d["backward_transfer"] if method != "iid" else None, "R_val": v["matrix"],
             "RA_val": v["retained_accuracy"], "train_time_s": time.perf_counter() - start,
+            "gradient_alignment_per_task": alignment or None,
+            "gradient_alignment": alignment[-1] if alignment else None,
             "second_order": method in preset["second_order"] and not first_order}
 
 
@@ -276,9 +302,11 @@ def _mean_std(values):
 def summarise(runs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
     out = {}
     for m, rs in runs.items():
-        ra, bti, val, tt = (_mean_std([r[k] for r in rs]) for k in ("RA", "BTI", "RA_val", "train_time_s"))
+        ra, bti, val, tt, al = (_mean_std([r[k] for r in rs])
+                                for k in ("RA", "BTI", "RA_val", "train_time_s", "gradient_alignment"))
         out[m] = {"RA_mean": ra[0], "RA_std": ra[1], "BTI_mean": bti[0], "BTI_std": bti[1], "RA_val_mean": val[0],
-                  "train_time_s_mean": tt[0], "seeds": [r["seed"] for r in rs]}
+                  "train_time_s_mean": tt[0], "gradient_alignment_mean": al[0], "gradient_alignment_std": al[1],
+                  "seeds": [r["seed"] for r in rs]}
     return out
 
 
@@ -330,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-per-task", type=int, default=None, help="test / validation images per task (default: all)")
     p.add_argument("--epochs", type=int, default=None, help="passes over every task (default: the preset's)")
     p.add_argument("--first-order", action="store_true", help="first-order meta-gradients for every method")
+    p.add_argument("--alignment-images", type=int, default=250,
+                   help="images per task for the gradient alignment after every task (La-MAML Table 4 / "
+                        "Figure 4); 0 turns it off")
     p.add_argument("--set", nargs="*", default=[], metavar="METHOD.KEY=VALUE", help="override a hyperparameter")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("results/continual"))
@@ -374,7 +405,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             t.x_val, t.y_val = _trim(t.x_val, args.test_per_task), _trim(t.y_val, args.test_per_task)
         for method in methods:
             r = run_method(method, preset, preset["hp"][method], tasks, seed, epochs, args.first_order,
-                           not args.no_progress)
+                           not args.no_progress, args.alignment_images)
             runs[method].append(r)
             outer.set_postfix(method=method, RA=f"{r['RA']:.3f}")
             outer.update(1)
@@ -395,14 +426,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     plot_ra(summary, preset["paper"], png, f"{args.preset}: RA (mean ± std over seeds {seeds})")
     result["files"] = [str(json_path), str(png)]
     print(f"\n{args.preset} ({preset['source']}): {len(tasks)} tasks, seeds {seeds}, epochs {epochs}")
-    print(f"{'method':<16}{'RA (%)':>16}{'BTI (%)':>16}{'paper RA':>10}{'val RA':>9}{'time (s)':>10}")
+    print(f"{'method':<16}{'RA (%)':>16}{'BTI (%)':>16}{'paper RA':>10}{'val RA':>9}{'time (s)':>10}{'align':>8}")
     for m, s in summary.items():
         paper = preset["paper"].get(m, (None,))[0]
         bti = "" if s["BTI_mean"] is None else f"{100 * s['BTI_mean']:.2f} ± {100 * s['BTI_std']:.2f}"
         paper_ra = "" if paper is None else f"{paper:.2f}"
         val_ra = "" if s["RA_val_mean"] is None else f"{100 * s['RA_val_mean']:.2f}"
         print(f"{LABELS[m]:<16}{100 * s['RA_mean']:>9.2f} ± {100 * s['RA_std']:<4.2f}{bti:>16}{paper_ra:>10}"
-              f"{val_ra:>9}{s['train_time_s_mean']:>10.1f}")
+              f"{val_ra:>9}{s['train_time_s_mean']:>10.1f}"
+              f"{'' if s['gradient_alignment_mean'] is None else format(s['gradient_alignment_mean'], '.4f'):>8}")
     for f in result["files"]:
         print(f"wrote {f}")
     return result

@@ -177,6 +177,8 @@ def test_cifar100_preset_runs_on_real_format_data(tmp_path):
         assert r["second_order"] == (method in ("lamaml", "sync", "cmaml"))
         assert all(0.0 <= a <= 1.0 for a in r["R"][-1])
     assert data["paper"]["lamaml"][0] == 61.18
+    al = data["runs"]["lamaml"][0]["gradient_alignment_per_task"]
+    assert al[0] is None and -1.0 <= al[1] <= 1.0     # one task has no pair; two tasks have one
     assert (tmp_path / "ra_vision_cifar100-single.png").stat().st_size > 1000
     assert res["summary"]["lamaml"]["RA_mean"] == data["summary"]["lamaml"]["RA_mean"]
 
@@ -206,3 +208,20 @@ def test_vision_example_refuses_what_it_cannot_run(tmp_path):
         mod.main(["--preset", "cifar100-single", "--out", str(tmp_path), "--no-progress"])
     with pytest.raises(SystemExit, match="not part of preset"):
         mod.main(["--preset", "split-cifar10-200", "--methods", "laer", "--out", str(tmp_path), "--no-progress"])
+
+
+def test_gradient_alignment_is_the_mean_pairwise_cosine():
+    from sparse_optim.continual import gradient_alignment, task_gradient
+
+    g = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0]), torch.tensor([3.0, 3.0])]
+    mean, cos = gradient_alignment(g)
+    assert mean == pytest.approx((0.0 + 2 ** -0.5 + 2 ** -0.5) / 3)
+    assert cos[0][0] == pytest.approx(1.0) and cos[0][1] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="at least two"):
+        gradient_alignment(g[:1])
+    model = torch.nn.Linear(3, 2)
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
+    flat = task_gradient(model, x, y, torch.nn.functional.cross_entropy)
+    w, b = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x), y), [model.weight, model.bias])
+    assert torch.allclose(flat, torch.cat([w.flatten(), b]))
+    assert model.weight.grad is None

@@ -5,6 +5,7 @@ from sparse_optim.continual.metrics import (
     forward_transfer,
     retained_accuracy,
 )
+from sparse_optim.continual.alignment import gradient_alignment, task_gradient
 from sparse_optim.continual.gem_files import load_gem_file, save_gem_file
 from sparse_optim.continual.heads import MultiHeadLoss
 from sparse_optim.continual.learners import LaERLearner, LaMAMLLearner, ReplayLearner
@@ -28,6 +29,8 @@ __all__ = [
     "MultiHeadLoss",
     "load_gem_file",
     "save_gem_file",
+    "gradient_alignment",
+    "task_gradient",
     "ImageSplits",
     "load_cifar",
     "load_tiny_imagenet",
