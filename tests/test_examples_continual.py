@@ -231,6 +231,7 @@ def test_continual_mnist_multi_pass_width_and_gem_file(tmp_path):
     per_epoch = data["runs"]["sparse_lamaml"][0]["sparsity_per_epoch"]
     assert [(e["task"], e["epoch"]) for e in per_epoch] == [(t, e) for t in range(2) for e in range(3)]
     assert data["runs"]["er"][0]["sparsity_per_epoch"] is None
+    assert (tmp_path / "sparsity_epochs_rotations_mp.png").stat().st_size > 1000
     shapes = mod.make_model(16).layers[0].weight.shape
     assert tuple(shapes) == (16, 784)
 
