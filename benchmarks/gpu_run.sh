@@ -51,7 +51,7 @@ step() {  # step NAME SECONDS COMMAND...: runs COMMAND under a time limit, logs 
 cat "$OUT/environment.txt"
 
 step build 150 "$PYTHON" -m sparse_optim.ops.build --verbose
-step pytest_cuda 170 "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_cuda_kernels.py tests/test_triton_ops.py
+step pytest_cuda 170 "$PYTHON" -m pytest -v -rfEs -p no:cacheprovider tests/test_cuda_kernels.py tests/test_triton_ops.py
 step gpu_check 70 "$PYTHON" benchmarks/gpu_check.py cuda --big
 step bench_cuda_bandwidth 100 "$PYTHON" benchmarks/bench_cuda_bandwidth.py --repeats 10
 echo "logs in $OUT/"

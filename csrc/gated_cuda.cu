@@ -33,21 +33,18 @@ constexpr int64_t kMaxBlocksPerLaunch = std::numeric_limits<int32_t>::max();
 // CUDA 12.1+ with a driver >= 530 on sm_70+ accepts 32764 bytes of kernel arguments. Every
 // driver and architecture that CUDA 13 supports does, so CUDA 13 builds use them; older toolkits
 // keep the classic 4 KB (a runtime driver check would need both sizes compiled, as PyTorch does).
+// __grid_constant__ (sm_70+, so CUDA 13 only here) reads the table in place, never a local copy.
 #if defined(CUDART_VERSION) && CUDART_VERSION >= 13000 && !defined(SPARSE_OPTIM_SMALL_KERNEL_ARGS)
 constexpr size_t kKernelArgBytes = 32764;
+#define SPARSE_OPTIM_GRID_CONSTANT __grid_constant__
 #else
 constexpr size_t kKernelArgBytes = 4096;
-#endif
-
-#if defined(__CUDACC_VER_MAJOR__) && (__CUDACC_VER_MAJOR__ > 11 || (__CUDACC_VER_MAJOR__ == 11 && __CUDACC_VER_MINOR__ >= 7))
-#define SPARSE_OPTIM_GRID_CONSTANT __grid_constant__  // read the table in place, never copy it to local memory
-#else
 #define SPARSE_OPTIM_GRID_CONSTANT
 #endif
 
 // Per-tensor flags of the table.
-constexpr uint8_t kFreshBuffer = 1;  // gated_sgd_step_: the momentum buffer starts at d (not read)
-constexpr uint8_t kVectorized = 2;   // every pointer is aligned for the vector loads
+constexpr uint8_t kFlagFreshBuffer = 1;  // gated_sgd_step_: the momentum buffer starts at d (not read)
+constexpr uint8_t kFlagVectorized = 2;   // every pointer is aligned for the vector loads
 
 // Kernel argument: the lists' data pointers and sizes of up to kCapacity tensors; blocks
 // [first_block[t], first_block[t + 1]) handle the chunks of tensor t.
@@ -204,7 +201,7 @@ void for_each_table(const FlatOperands& operands, const std::array<size_t, kList
     if (tensors == Table::capacity || blocks + chunks > kMaxBlocksPerLaunch) {
       flush();
     }
-    uint8_t flags = (!fresh.empty() && fresh[i]) ? kFreshBuffer : 0;
+    uint8_t flags = (!fresh.empty() && fresh[i]) ? kFlagFreshBuffer : 0;
     bool aligned = true;
     for (size_t list = 0; list < kLists; ++list) {
       void* data = operands.data(list, i);
@@ -212,7 +209,7 @@ void for_each_table(const FlatOperands& operands, const std::array<size_t, kList
       aligned = aligned && reinterpret_cast<uintptr_t>(data) % alignment[list] == 0;
     }
     table.numel[tensors] = n;
-    table.flags[tensors] = flags | (aligned ? kVectorized : 0);
+    table.flags[tensors] = flags | (aligned ? kFlagVectorized : 0);
     table.first_block[tensors] = static_cast<int32_t>(blocks);
     blocks += chunks;
     ++tensors;
@@ -275,14 +272,14 @@ __global__ void __launch_bounds__(kBlockThreads)
         param, grad, meta, buf, trace, c.len, s);
   };
   const auto with_alignment = [&](auto fresh) {
-    if (flags & kVectorized) {
+    if (flags & kFlagVectorized) {
       run(fresh, std::true_type{});
     } else {
       run(fresh, std::false_type{});
     }
   };
   if constexpr (kMomentum) {
-    if (flags & kFreshBuffer) {
+    if (flags & kFlagFreshBuffer) {
       return with_alignment(std::true_type{});
     }
   }
@@ -360,7 +357,7 @@ __global__ void __launch_bounds__(kBlockThreads)
   const G* outer_grad = chunk_pointer<G>(table.data[L::outer_grads][c.slot], c.begin);
   const M* trace = chunk_pointer<M>(table.data[L::traces][c.slot], c.begin);
   const M* meta = chunk_pointer<M>(table.data[L::metas][c.slot], c.begin);
-  if (table.flags[c.slot] & kVectorized) {
+  if (table.flags[c.slot] & kFlagVectorized) {
     meta_grad_chunk<Gate, kTrueDerivative, true>(meta_grad, outer_grad, trace, meta, c.len, scale);
   } else {
     meta_grad_chunk<Gate, kTrueDerivative, false>(meta_grad, outer_grad, trace, meta, c.len, scale);

@@ -330,7 +330,7 @@ def test_kronecker_sgd_on_cuda_matches_cpu(case):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", cases(names=("masked", "rectified", "kronecker"), descs=("momentum",)))
+@pytest.mark.parametrize("case", cases(names=("masked", "kronecker"), descs=("momentum",)))
 def test_compiled_step_on_cuda_matches_eager(case):
     torch._dynamo.reset()
     results = []
@@ -371,15 +371,16 @@ def test_gated_optimizers_on_cuda_backends_match_reference(case, backend):
 
 
 # --------------------------------------------------------------------------- Triton on CUDA
-@pytest.mark.parametrize("dtypes", DTYPE_PAIRS[:3], ids=PAIR_IDS[:3])
+# each (kind, variant, dtype) is a Triton specialisation compiled on first use: a sample of them
+@pytest.mark.parametrize("dtypes", DTYPE_PAIRS[:2], ids=PAIR_IDS[:2])
 @pytest.mark.parametrize("kind", GATE_KINDS)
-@pytest.mark.parametrize("variant", list(MOMENTUM_VARIANTS))
-@pytest.mark.parametrize("with_traces", [False, True], ids=["", "trace"])
-def test_triton_step_on_cuda_matches_reference(dtypes, kind, variant, with_traces):
+@pytest.mark.parametrize("variant", ["plain", "wd-maximize", "momentum-fresh", "nesterov", "dampening-wd"])
+def test_triton_step_on_cuda_matches_reference(dtypes, kind, variant):
     from sparse_optim.ops import triton_ops
 
     if not triton_ops.available("cuda"):
         pytest.skip("Triton not available")
+    with_traces = variant in ("momentum-fresh", "dampening-wd")
     inputs = step_inputs([1, 1023, 1024, 1025, CHUNK + 3, 3 * CHUNK], dtypes, variant, with_traces, seed=6)
     kw = hyper(kind, variant, with_traces)
     ref = [clone_list(x) for x in inputs]
