@@ -240,7 +240,7 @@ def run_method(method: str, preset: Dict[str, Any], hp: Dict[str, Any], tasks, s
                first_order: bool, progress: bool, alignment_images: int = 0) -> Dict[str, Any]:
     torch.manual_seed(seed)
     c = preset["classes_per_task"]
-    outputs = c * len(tasks) if preset["task_aware"] else c * len(tasks)
+    outputs = c * len(tasks)   # task-aware: one c-way head per task; class-incremental: one head of all classes
     model = make_model(preset, outputs, tasks[0].x_train.shape[1])
     heads = MultiHeadLoss(c) if preset["task_aware"] else None
     has_val = all(t.y_val is not None and len(t.y_val) > 0 for t in tasks)
